@@ -1,0 +1,355 @@
+"""Dataset formats users bring: class folders, CSV/parquet manifests, webdataset shards; and the set records.
+
+A :class:`LabeledSet` is the one thing evaluation and training consume: a label space (``classnames``), prompt
+templates, and ``paths``/``labels``. Readers here never decode images (that happens lazily in the loader, which
+skips bad files); they only resolve and validate paths, so a manifest that points outside its root fails early
+with the manifest and row named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arf.errors import ArfError, ConfigError, InputFileError
+
+log = logging.getLogger(__name__)
+
+ROLES = ("train", "val", "id", "shift", "zeroshot")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".jfif")
+
+
+class ManifestError(ArfError, ValueError):
+    """A manifest row that cannot be used (escaping path, unknown label, missing column)."""
+
+
+@dataclass
+class LabeledSet:
+    """One evaluation or training set; ``labels[i]`` indexes ``classnames`` for image ``paths[i]``."""
+
+    name: str
+    role: str
+    classnames: list[str]
+    templates: list[str]
+    paths: list[str]
+    labels: list[int]
+    root: str | None = None
+    class_mask: list[int] | None = None
+    label_map: dict[int, list[int]] | None = None
+    reference: str | None = None
+    # Pixels to cut from each side before preprocessing (ObjectNet ships a 1-px red border).
+    border_crop: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"set {self.name!r}: unknown role {self.role!r}; choose from {', '.join(ROLES)}")
+        if len(self.paths) != len(self.labels):
+            raise ConfigError(f"set {self.name!r}: {len(self.paths)} paths but {len(self.labels)} labels")
+        n = len(self.classnames)
+        bad = [lab for lab in self.labels if not 0 <= int(lab) < n]
+        if bad:
+            raise ConfigError(f"set {self.name!r}: label {bad[0]} out of range for {n} classnames")
+        if not self.templates:
+            raise ConfigError(f"set {self.name!r}: no prompt templates")
+        for t in self.templates:
+            if "{}" not in t and "{c}" not in t:
+                raise ConfigError(f"set {self.name!r}: template {t!r} has no '{{}}' placeholder for the class name")
+        if self.class_mask is not None and len(self.class_mask) != n:
+            raise ConfigError(
+                f"set {self.name!r}: class_mask has {len(self.class_mask)} entries but the set has {n} classes"
+            )
+        if self.label_map is not None:
+            missing = sorted(set(range(n)) - set(self.label_map))
+            if missing:
+                raise ConfigError(f"set {self.name!r}: label_map has no entry for class {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def abspath(self, i: int) -> str:
+        p = Path(self.paths[i])
+        return str(p if p.is_absolute() or self.root is None else Path(self.root) / p)
+
+    def abspaths(self) -> list[str]:
+        return [self.abspath(i) for i in range(len(self))]
+
+    def prompts(self, classname: str) -> list[str]:
+        return [t.replace("{c}", "{}").format(classname) for t in self.templates]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.classnames, 0)
+        for lab in self.labels:
+            counts[self.classnames[lab]] += 1
+        return counts
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> LabeledSet:
+        return LabeledSet(
+            name=name or self.name,
+            role=self.role,
+            classnames=self.classnames,
+            templates=self.templates,
+            paths=[self.paths[i] for i in indices],
+            labels=[self.labels[i] for i in indices],
+            root=self.root,
+            class_mask=self.class_mask,
+            label_map=self.label_map,
+            reference=self.reference,
+            border_crop=self.border_crop,
+            info=dict(self.info),
+        )
+
+
+@dataclass
+class Suite:
+    """A named list of sets (e.g. ``imagenet-shift``); ``by_role`` groups them for reporting."""
+
+    name: str
+    sets: list[LabeledSet]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[LabeledSet]:
+        return iter(self.sets)
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.sets]
+
+    def get(self, name: str) -> LabeledSet:
+        for s in self.sets:
+            if s.name == name:
+                return s
+        raise ConfigError(f"suite {self.name!r} has no set {name!r}; choose from {', '.join(self.names())}")
+
+    def by_role(self, role: str) -> list[LabeledSet]:
+        return [s for s in self.sets if s.role == role]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# paths
+
+
+def safe_join(root: str | Path, rel: str, where: str) -> Path:
+    """Resolve manifest path ``rel`` under ``root``; refuse anything that escapes it (``../``, foreign absolutes).
+
+    ``where`` names the manifest and row for the error message.
+    """
+    root_r = Path(root).resolve()
+    p = Path(rel)
+    full = (p if p.is_absolute() else root_r / p).resolve()
+    if full != root_r and root_r not in full.parents:
+        raise ManifestError(f"{where}: path {rel!r} escapes the dataset root {root_r}")
+    return full
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# labelled data: class folders and manifests
+
+
+def read_class_folders(
+    root: str | Path, classnames: Sequence[str] | None = None, folders: Sequence[str] | None = None
+) -> tuple[list[str], list[int], list[str]]:
+    """Read ``root/<class>/<image>``; returns ``(paths relative to root, labels, folder names)``.
+
+    ``folders`` fixes the folder order (and so the label indices, e.g. ImageNet wnids); otherwise sorted names.
+    An empty class folder is logged and kept (it has no images); a folder list whose length does not match
+    ``classnames`` is an error naming both counts.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputFileError(f"dataset folder {root} does not exist")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if folders is None:
+        folders = found
+    else:
+        missing = [f for f in folders if f not in set(found)]
+        if missing and len(missing) == len(folders):
+            raise InputFileError(f"{root}: none of the expected class folders exist (e.g. {missing[0]!r})")
+        if missing:
+            log.warning("%s: %d expected class folders are missing, e.g. %s", root, len(missing), missing[:3])
+    if classnames is not None and len(classnames) != len(folders):
+        raise ConfigError(
+            f"{root}: {len(folders)} class folders but {len(classnames)} class names; "
+            "the class-name file does not match this dataset"
+        )
+    if not folders:
+        raise InputFileError(f"{root}: no class folders found")
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, folder in enumerate(folders):
+        d = root / folder
+        if not d.is_dir():
+            continue
+        files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            log.warning("%s: class folder %r is empty", root, folder)
+        for f in files:
+            paths.append(f.relative_to(root).as_posix())
+            labels.append(label)
+    if not paths:
+        raise InputFileError(f"{root}: class folders hold no images")
+    return paths, labels, list(folders)
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV or parquet file as dicts (pyarrow reads both)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"manifest {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        elif suffix in (".csv", ".tsv"):
+            import pyarrow.csv as pacsv
+
+            opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            # Everything as strings: a label column "001" must not become 1.
+            conv = pacsv.ConvertOptions(strings_can_be_null=False)
+            table = pacsv.read_csv(path, parse_options=opts, convert_options=conv)
+        else:
+            raise InputFileError(f"manifest {path}: unsupported format {suffix!r}; use .csv, .tsv or .parquet")
+    except ArfError:
+        raise
+    except Exception as e:  # pyarrow raises several types for malformed files
+        raise InputFileError(f"manifest {path}: cannot read ({type(e).__name__}: {e})") from None
+    return table.to_pylist()
+
+
+def read_label_manifest(
+    manifest: str | Path, classnames: Sequence[str], root: str | Path | None = None
+) -> tuple[list[str], list[int]]:
+    """A ``path,label`` manifest; ``label`` is a class name or an integer index into ``classnames``.
+
+    Unknown labels and escaping paths fail naming the manifest and row (1-based, header excluded).
+    """
+    manifest = Path(manifest)
+    root = Path(root) if root is not None else manifest.parent
+    rows = read_table(manifest)
+    if rows and not {"path", "label"} <= set(rows[0]):
+        raise ManifestError(f"manifest {manifest}: needs columns 'path' and 'label', has {sorted(rows[0])}")
+    index = {c: i for i, c in enumerate(classnames)}
+    paths, labels = [], []
+    for i, row in enumerate(rows, start=1):
+        where = f"manifest {manifest} row {i}"
+        full = safe_join(root, str(row["path"]), where)
+        lab = row["label"]
+        if isinstance(lab, str) and lab in index:
+            label = index[lab]
+        else:
+            try:
+                label = int(lab)
+            except (TypeError, ValueError):
+                raise ManifestError(f"{where}: unknown label {lab!r} (not one of the {len(classnames)} classes)")
+            if not 0 <= label < len(classnames):
+                raise ManifestError(f"{where}: label {label} out of range for {len(classnames)} classes")
+        paths.append(full.relative_to(root.resolve()).as_posix())
+        labels.append(label)
+    if not paths:
+        raise InputFileError(f"manifest {manifest} has no rows")
+    return paths, labels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image-text pairs (alignment corpus, candidate pools)
+
+
+@dataclass
+class Pair:
+    """One image–text pair. Exactly one of ``path`` / ``image`` is set; ``id`` is stable across runs."""
+
+    id: str
+    text: str
+    path: str | None = None
+    image: bytes | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def source(self) -> str | bytes:
+        return self.image if self.image is not None else str(self.path)
+
+
+TEXT_COLUMNS = ("text", "caption")
+
+
+def _pairs_from_table(manifest: Path, root: Path | None) -> list[Pair]:
+    rows = read_table(manifest)
+    root = root if root is not None else manifest.parent
+    if not rows:
+        return []
+    cols = set(rows[0])
+    text_col = next((c for c in TEXT_COLUMNS if c in cols), None)
+    if "path" not in cols or text_col is None:
+        raise ManifestError(f"manifest {manifest}: needs 'path' and 'text' or 'caption' columns, has {sorted(cols)}")
+    out = []
+    root_r = root.resolve()
+    for i, row in enumerate(rows, start=1):
+        rel = str(row["path"])
+        full = safe_join(root, rel, f"manifest {manifest} row {i}")
+        meta = {k: v for k, v in row.items() if k not in ("path", text_col)}
+        pid = str(row["id"]) if row.get("id") not in (None, "") else full.relative_to(root_r).as_posix()
+        out.append(Pair(id=pid, text=str(row[text_col] or ""), path=str(full), meta=meta))
+    return out
+
+
+def _pairs_from_shards(shards: Sequence[Path]) -> list[Pair]:
+    """img2dataset webdataset shards: ``<key>.jpg`` + ``<key>.txt`` (+ ``<key>.json``)."""
+    import webdataset as wds
+
+    out = []
+    for shard in shards:
+        if not shard.is_file():
+            raise InputFileError(f"webdataset shard {shard} does not exist")
+        try:
+            # No decoding: keep raw bytes so a corrupt image is skipped later by the loader, not here.
+            for sample in wds.WebDataset(str(shard), shardshuffle=False, empty_check=False):
+                key = sample["__key__"]
+                img_key = next((k for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
+                if img_key is None:
+                    log.warning("%s: sample %s has no image; skipped", shard, key)
+                    continue
+                text = sample.get("txt", b"").decode("utf-8", "replace").strip()
+                meta: dict[str, Any] = {"shard": shard.name}
+                if "json" in sample:
+                    try:
+                        meta.update(json.loads(sample["json"]))
+                    except (ValueError, UnicodeDecodeError):
+                        log.warning("%s: sample %s has unreadable json metadata", shard, key)
+                out.append(Pair(id=f"{shard.name}/{key}", text=text, image=sample[img_key], meta=meta))
+        except ArfError:
+            raise
+        except Exception as e:  # tarfile / webdataset errors on truncated shards
+            raise InputFileError(f"webdataset shard {shard}: cannot read ({type(e).__name__}: {e})") from None
+    return out
+
+
+def read_pairs(source: str | Path | Sequence[str | Path], root: str | Path | None = None) -> list[Pair]:
+    """Image–text pairs from a parquet/CSV manifest (``path,text`` or ``path,caption``) or webdataset shards.
+
+    ``source`` may be a manifest file, a ``.tar`` shard, a folder of shards, or a list of shards. Paths in a
+    manifest are relative to ``root`` (default: the manifest's folder) and may not escape it.
+    """
+    if isinstance(source, (list, tuple)):
+        shards = [Path(s) for s in source]
+        return _pairs_from_shards(shards)
+    src = Path(source)  # type: ignore[arg-type]
+    if src.is_dir():
+        shards = sorted(src.glob("*.tar"))
+        if not shards:
+            raise InputFileError(f"{src}: no webdataset .tar shards in this folder")
+        return _pairs_from_shards(shards)
+    if src.suffix == ".tar":
+        return _pairs_from_shards([src])
+    return _pairs_from_table(src, Path(root) if root is not None else None)
+
+
+def stable_id(*parts: str) -> str:
+    return hashlib.sha1("\x00".join(parts).encode()).hexdigest()[:16]
