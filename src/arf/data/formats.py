@@ -249,7 +249,9 @@ def read_label_manifest(
             try:
                 label = int(lab)
             except (TypeError, ValueError):
-                raise ManifestError(f"{where}: unknown label {lab!r} (not one of the {len(classnames)} classes)")
+                raise ManifestError(
+                    f"{where}: unknown label {lab!r} (not one of the {len(classnames)} classes)"
+                ) from None
             if not 0 <= label < len(classnames):
                 raise ManifestError(f"{where}: label {label} out of range for {len(classnames)} classes")
         paths.append(full.relative_to(root.resolve()).as_posix())
