@@ -1,0 +1,276 @@
+"""Captioners for caption anchors (TCAG), in a registry keyed by the spec's prefix.
+
+- ``hf:<id-or-dir>`` — any Hugging Face image-to-text model (BLIP, BLIP-2 as in the ARF paper, GIT, ...): batched
+  ``generate`` with an optional text prompt, which is stripped from the output.
+- ``retrieval[:<corpus>]`` — the offline captioner (no captioning weights ship in any package reachable here).
+  **Method**: the base CLIP embeds the deduplicated texts of a caption corpus (the alignment corpus or pool texts —
+  never test-set texts) and each image. For an image with cosine similarities ``s_j`` to the corpus texts, the
+  candidates are the ``top_m`` highest-scoring distinct texts with ``s_j >= s_max - margin``. The caption is the
+  best text, followed — after ", " — by the words of each further candidate that are neither already in the
+  caption (case- and punctuation-insensitive) nor stop words; a candidate that adds no word is dropped. So the
+  caption is the nearest corpus description enriched with the distinct details of its close runners-up.
+- ``file:<parquet/csv>`` — captions the user already has (``caption`` plus ``image_id`` or ``path``).
+
+``create_captioner(spec, cfg)`` returns an object with ``id``, ``needs_pixels``, ``prepare(image_ids, paths)``
+(checks inputs up front) and ``caption(images, image_ids, paths) -> list[str]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arf.anchors.config import CaptionConfig
+from arf.errors import ConfigError, InputFileError
+from arf.registry import Registry
+
+log = logging.getLogger(__name__)
+
+CAPTIONERS: Registry[Callable[[str | None, CaptionConfig], Captioner]] = Registry("captioner")
+
+STOP_WORDS = frozenset(
+    "a an the of with on in and to at for is are its it this that by from as or some two three there".split()
+)
+
+
+class Captioner:
+    """Base class: ``caption`` maps a batch of RGB PIL images (or, when ``needs_pixels`` is False, just their ids)
+    to one caption each."""
+
+    id: str = ""
+    needs_pixels: bool = True
+
+    def prepare(self, image_ids: Sequence[str], paths: Sequence[str]) -> None:
+        """Check the inputs before any work (e.g. that every image has a caption in a file)."""
+
+    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
+        raise NotImplementedError
+
+
+def create_captioner(spec: str, cfg: CaptionConfig | None = None) -> Captioner:
+    cfg = cfg or CaptionConfig(images="-", captioner=spec)
+    name, _, arg = spec.partition(":")
+    return CAPTIONERS.get(name)(arg or None, cfg)
+
+
+# --------------------------------------------------------------------------------------------------- hf:<id>
+class HFCaptioner(Captioner):
+    def __init__(self, name_or_dir: str, prompt: str | None, max_new_tokens: int, device: str) -> None:
+        import transformers
+
+        self.id = f"hf:{name_or_dir}"
+        self.prompt = prompt
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        try:
+            self.processor = transformers.AutoProcessor.from_pretrained(name_or_dir)
+        except OSError as e:
+            raise InputFileError(f"captioner hf:{name_or_dir}: cannot load its processor ({e})") from None
+        self.model = None
+        errors = []
+        # BLIP / BLIP-2 / LLaVA-style models register as image-text-to-text; GIT registers as a causal LM.
+        for auto in ("AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForCausalLM"):
+            cls = getattr(transformers, auto, None)
+            if cls is None:
+                continue
+            try:
+                self.model = cls.from_pretrained(name_or_dir)
+                break
+            except (ValueError, KeyError) as e:
+                errors.append(f"{auto}: {e}")
+            except OSError as e:
+                raise InputFileError(f"captioner hf:{name_or_dir}: cannot load its weights ({e})") from None
+        if self.model is None:
+            raise ConfigError(f"captioner hf:{name_or_dir} is not an image-to-text model ({'; '.join(errors)})")
+        self.model.to(device).eval()
+
+    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
+        import torch
+
+        assert images is not None
+        kwargs: dict[str, Any] = {"images": list(images), "return_tensors": "pt"}
+        if self.prompt:
+            kwargs["text"] = [self.prompt] * len(images)
+        inputs = self.processor(**kwargs).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        texts = self.processor.batch_decode(out, skip_special_tokens=True)
+        return [self._strip_prompt(t) for t in texts]
+
+    def _strip_prompt(self, text: str) -> str:
+        text = " ".join(text.split())
+        if self.prompt:
+            p = " ".join(self.prompt.split())
+            if text.lower().startswith(p.lower()):
+                text = text[len(p):].strip()
+        return text
+
+
+@CAPTIONERS.register("hf")
+def _hf(arg: str | None, cfg: CaptionConfig) -> Captioner:
+    if not arg:
+        raise ConfigError("captioner: 'hf' needs a model id or folder, e.g. hf:Salesforce/blip-image-captioning-base")
+    return HFCaptioner(arg, cfg.prompt, cfg.max_new_tokens, cfg.device)
+
+
+# --------------------------------------------------------------------------------------------------- retrieval
+def read_corpus(path: str | Path) -> list[str]:
+    """Distinct texts of a caption corpus: parquet/CSV (``text`` or ``caption`` column) or a .txt (one per line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"caption corpus not found: {p}")
+    if p.suffix == ".txt":
+        texts = p.read_text().splitlines()
+    else:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p) if p.suffix == ".parquet" else pacsv.read_csv(p)
+        col = next((c for c in ("text", "caption") if c in table.column_names), None)
+        if col is None:
+            # A labelled set (label/classname, no text) is refused here: test-set texts never become captions.
+            raise InputFileError(f"caption corpus {p}: needs a 'text' or 'caption' column; it has {table.column_names}")
+        texts = [str(t) for t in table.column(col).to_pylist() if t is not None]
+    seen: set[str] = set()
+    out = []
+    for t in texts:
+        t = " ".join(t.split())
+        key = t.lower()
+        if t and key not in seen:
+            seen.add(key)
+            out.append(t)
+    if not out:
+        raise InputFileError(f"caption corpus {p} holds no texts")
+    return out
+
+
+def default_corpus() -> Path:
+    """The offline benchmark's alignment corpus (newest version under ``data_dir()/offline``)."""
+    from arf.paths import data_dir
+
+    found = sorted((data_dir() / "offline").glob("*/alignment.parquet"))
+    if not found:
+        raise ConfigError(
+            f"corpus: no caption corpus given and no offline benchmark under {data_dir() / 'offline'}; "
+            "run `arf data build` or pass --corpus <parquet/csv/txt> (alignment or pool texts, never test sets)"
+        )
+    return found[-1]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w'-]+", text)
+
+
+def compose_caption(candidates: Sequence[str]) -> str:
+    """The best text, then the new non-stop words of each runner-up (see the module docstring)."""
+    caption = candidates[0]
+    seen = {w.lower() for w in _words(caption)}
+    for text in candidates[1:]:
+        new = []
+        for w in _words(text):
+            lw = w.lower()
+            if lw not in seen and lw not in STOP_WORDS:
+                new.append(w)
+                seen.add(lw)
+        if new:
+            caption += ", " + " ".join(new)
+    return caption
+
+
+class RetrievalCaptioner(Captioner):
+    def __init__(self, bundle: Any, corpus: Sequence[str], top_m: int = 3, margin: float = 0.05,
+                 batch_size: int = 64, corpus_name: str = "corpus") -> None:
+        from arf.anchors.encode import encode_texts
+
+        self.bundle = bundle
+        self.corpus = list(corpus)
+        self.top_m = top_m
+        self.margin = margin
+        self.batch_size = batch_size
+        self.id = f"retrieval:{corpus_name}@{getattr(bundle, 'model_id', 'model')}"
+        self.text_emb = encode_texts(bundle, self.corpus, batch_size=256)
+
+    def select(self, img_emb: np.ndarray) -> list[list[int]]:
+        """Corpus indices composed for each image embedding (unit rows)."""
+        sims = img_emb @ self.text_emb.T
+        n_cand = min(len(self.corpus), self.top_m)
+        top = np.argpartition(-sims, n_cand - 1, axis=1)[:, :n_cand] if n_cand < len(self.corpus) else \
+            np.tile(np.arange(len(self.corpus)), (len(sims), 1))
+        out = []
+        for row, idx in zip(sims, top, strict=True):
+            idx = idx[np.argsort(-row[idx], kind="stable")]
+            best = row[idx[0]]
+            out.append([int(j) for j in idx if row[j] >= best - self.margin])
+        return out
+
+    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
+        from arf.anchors.encode import encode_pils
+
+        assert images is not None
+        emb = encode_pils(self.bundle, images, self.batch_size)
+        return [compose_caption([self.corpus[j] for j in sel]) for sel in self.select(emb)]
+
+
+@CAPTIONERS.register("retrieval")
+def _retrieval(arg: str | None, cfg: CaptionConfig) -> Captioner:
+    from arf.anchors.encode import load_bundle
+
+    corpus_path = Path(arg or cfg.corpus or default_corpus())
+    corpus = read_corpus(corpus_path)
+    bundle = load_bundle(cfg.model, cfg.device)
+    digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:8]
+    log.info("retrieval captioner: %d distinct texts from %s, model %s", len(corpus), corpus_path, cfg.model)
+    return RetrievalCaptioner(bundle, corpus, cfg.top_m, cfg.margin, cfg.batch_size,
+                              corpus_name=f"{corpus_path.stem}-{digest}")
+
+
+# --------------------------------------------------------------------------------------------------- file:<path>
+class FileCaptioner(Captioner):
+    needs_pixels = False
+
+    def __init__(self, path: str | Path) -> None:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputFileError(f"captions file not found: {p}")
+        table = pq.read_table(p) if p.suffix == ".parquet" else pacsv.read_csv(p)
+        cols = table.column_names
+        if "caption" not in cols or not ({"image_id", "path"} & set(cols)):
+            raise InputFileError(f"captions file {p}: needs 'caption' and 'image_id' or 'path' columns; has {cols}")
+        self.id = f"file:{p.name}"
+        self.path = p
+        captions = [str(c) for c in table.column("caption").to_pylist()]
+        self.by_key: dict[str, str] = {}
+        for col in ("path", "image_id"):  # image_id wins where both are given
+            if col in cols:
+                for key, cap in zip(table.column(col).to_pylist(), captions, strict=True):
+                    self.by_key[str(key)] = cap
+
+    def _lookup(self, image_id: str, path: str) -> str | None:
+        return self.by_key.get(image_id) or self.by_key.get(path) or self.by_key.get(str(Path(path).resolve()))
+
+    def prepare(self, image_ids: Sequence[str], paths: Sequence[str]) -> None:
+        missing = [i for i, p in zip(image_ids, paths, strict=True) if self._lookup(i, p) is None]
+        if missing:
+            raise InputFileError(
+                f"captions file {self.path} has no caption for {len(missing)} of {len(image_ids)} images, "
+                f"e.g. {', '.join(missing[:5])}"
+            )
+
+    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
+        return [self._lookup(i, p) or "" for i, p in zip(image_ids, paths, strict=True)]
+
+
+@CAPTIONERS.register("file")
+def _file(arg: str | None, cfg: CaptionConfig) -> Captioner:
+    if not arg:
+        raise ConfigError("captioner: 'file' needs a path, e.g. file:captions.parquet")
+    return FileCaptioner(arg)

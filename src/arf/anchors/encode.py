@@ -1,0 +1,64 @@
+"""Small helpers that run a ClipBundle's towers on lists of texts / images and return unit-norm numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def load_bundle(model: Any, device: str = "cpu") -> Any:
+    """A ClipBundle from a model id / checkpoint path, or the bundle itself."""
+    if isinstance(model, str):
+        import arf.models
+
+        return arf.models.create_model(model, device=device)
+    return model
+
+
+def _device(bundle: Any) -> Any:
+    import torch
+
+    try:
+        return next(bundle.model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def encode_texts(bundle: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    out = []
+    dev = _device(bundle)
+    bundle.model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            tokens = bundle.tokenizer(list(texts[i:i + batch_size])).to(dev)
+            out.append(bundle.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+    dim = out[0].shape[1] if out else 0
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+def encode_pils(bundle: Any, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    out = []
+    dev = _device(bundle)
+    bundle.model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            batch = torch.stack([bundle.preprocess_val(im) for im in images[i:i + batch_size]]).to(dev)
+            out.append(bundle.model.encode_image(batch, normalize=True).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def class_text_queries(bundle: Any, classnames: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """One unit vector per class: the mean of its prompt embeddings, renormalised (the zero-shot head of CLIP)."""
+    templates = list(templates) or ["a photo of a {}."]
+    rows = []
+    for name in classnames:
+        emb = encode_texts(bundle, [t.replace("{c}", "{}").format(name) for t in templates])
+        mean = emb.mean(axis=0)
+        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+    return np.stack(rows).astype(np.float32)
