@@ -1,0 +1,119 @@
+"""Evaluation records: one JSON line per (model, alpha, set, metric), and role averages computed from them.
+
+Records hold per-set numbers only. The ID / domain-shift / zero-shot averages are computed from each record's
+``role`` (``id``, ``shift``, ``zeroshot``) whenever they are needed, never from dataset names, so a suite with
+other sets averages correctly without code changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from arf.errors import InputFileError
+from arf.io import atomic_open
+
+# Roles that are averaged, and the column names they get in tables and plots.
+AVERAGES: dict[str, str] = {"id": "ID", "shift": "OOD avg", "zeroshot": "zero-shot avg"}
+
+
+@dataclass
+class Record:
+    """One number: ``value`` (percent) of ``metric`` for ``model`` (method, WiSE-FT ``alpha``) on ``set``."""
+
+    model: str
+    method: str
+    alpha: float | None
+    set: str
+    role: str
+    metric: str
+    value: float
+    n: int
+    config_hash: str
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names if n not in d and n != "seed")
+        if missing:
+            raise ValueError(f"missing field {missing[0]!r}")
+        alpha = d.get("alpha")
+        seed = d.get("seed")
+        return cls(
+            model=str(d["model"]),
+            method=str(d["method"]),
+            alpha=None if alpha is None else float(alpha),
+            set=str(d["set"]),
+            role=str(d["role"]),
+            metric=str(d["metric"]),
+            value=float(d["value"]),
+            n=int(d["n"]),
+            config_hash=str(d["config_hash"]),
+            seed=None if seed is None else int(seed),
+        )
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Records from one JSONL file; a bad line is an error naming the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"records file not found: {p}")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Record.from_dict(json.loads(line)))
+        except (ValueError, TypeError, KeyError) as e:
+            raise InputFileError(f"{p}:{i}: not an evaluation record ({e})") from None
+    return out
+
+
+def append_records(path: str | Path, records: Iterable[Record]) -> None:
+    """Append ``records`` to a JSONL file, rewriting it atomically so a kill never leaves half a line."""
+    p = Path(path)
+    old = p.read_text() if p.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    with atomic_open(p, "w") as f:
+        f.write(old)
+        for r in records:
+            f.write(json.dumps(r.to_dict(), sort_keys=True) + "\n")
+
+
+def dedupe(records: Sequence[Record]) -> list[Record]:
+    """Keep the last record per (model, method, alpha, set, metric, seed): re-running an eval replaces numbers."""
+    last: dict[tuple, Record] = {}
+    for r in records:
+        last[(r.model, r.method, r.alpha, r.set, r.metric, r.seed)] = r
+    return list(last.values())
+
+
+def role_averages(records: Sequence[Record], metric: str = "top1") -> dict[str, float]:
+    """``{"ID": …, "OOD avg": …, "zero-shot avg": …}`` over the sets of one evaluation, from their roles.
+
+    A role with no set is left out. Each set counts once (unweighted mean over sets, as in the papers).
+    """
+    by_role: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.metric == metric and r.role in AVERAGES:
+            by_role[r.role].append(r.value)
+    return {AVERAGES[role]: sum(v) / len(v) for role, v in by_role.items() if v}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))

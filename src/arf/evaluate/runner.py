@@ -1,0 +1,219 @@
+"""Evaluate a model on labelled sets: encode images once per set, pick the head, score top-1 / top-5.
+
+Head choice (docs/ARCHITECTURE.md, "Label spaces, masks and heads"): a trained head (``lp``/``ft``/``lpft``
+checkpoints) is used for every set in its label space — the same class names, a ``class_mask`` into it
+(ImageNet-A/-R) or a ``label_map`` onto it (ObjectNet) — and the model's own zero-shot text head for every other
+set, as in WiSE-FT.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from arf.config import config_hash
+from arf.evaluate.records import Record
+from arf.evaluate.zeroshot import Head, HeadCache, zeroshot_head
+
+log = logging.getLogger(__name__)
+
+# Sets of these roles are not evaluated unless asked: the finetuning set itself says little about robustness.
+DEFAULT_ROLES = ("val", "id", "shift", "zeroshot")
+
+
+@dataclass
+class EvalOptions:
+    """How to run an evaluation (none of this changes the numbers, except ``max_bad_fraction`` failing a run)."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    roles: tuple[str, ...] = DEFAULT_ROLES
+
+
+@dataclass
+class ModelTag:
+    """What the records say about the evaluated model."""
+
+    model: str
+    method: str = "zeroshot"
+    alpha: float | None = None
+    seed: int | None = None
+    config_hash: str = ""
+
+
+@torch.no_grad()
+def encode_set(bundle: Any, ds: Any, opts: EvalOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image features [N, D] and labels [N] of a LabeledSet (unreadable images skipped, counted)."""
+    from arf.data import ImageDataset, make_loader
+
+    dataset = ImageDataset.from_set(ds, transform=bundle.preprocess_val)
+    loader = make_loader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=opts.num_workers)
+    model = bundle.model
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        for images, ys, _ in tqdm(loader, desc=f"eval {ds.name}", unit="batch", disable=not opts.progress,
+                                  leave=False):
+            f = model.encode_image(images.to(opts.device), normalize=True)
+            feats.append(f.float().cpu())
+            labels.append(ys)
+    finally:
+        model.train(was_training)
+    if not feats:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def label_groups(ds: Any, head: Head) -> tuple[bool, list[list[int]] | None]:
+    """Whether ``head`` covers ``ds``'s label space, and how: ``(covered, groups)``.
+
+    ``groups`` is ``None`` when the label spaces are identical, else a list (set label → head class indices that
+    count as correct) for a ``class_mask`` set (checked by class names) or a ``label_map`` set (checked by the
+    ``reference`` name the head and the set both carry).
+    """
+    classes = list(head.classnames)
+    n = len(classes)
+    if list(ds.classnames) == classes:
+        return True, None
+    mask = getattr(ds, "class_mask", None)
+    if mask is not None and all(0 <= i < n for i in mask) and [classes[i] for i in mask] == list(ds.classnames):
+        return True, [[int(i)] for i in mask]
+    label_map = getattr(ds, "label_map", None)
+    reference = getattr(ds, "reference", None)
+    if label_map is not None and reference is not None and reference == head.reference:
+        groups = [[int(i) for i in label_map[k]] for k in range(len(ds.classnames))]
+        if all(0 <= i < n for g in groups for i in g):
+            return True, groups
+    return False, None
+
+
+def topk_correct(
+    logits: torch.Tensor, labels: torch.Tensor, groups: Sequence[Sequence[int]] | None, ks: Iterable[int] = (1, 5)
+) -> dict[int, int]:
+    """Number of images whose label is among the top-k predictions, for each k.
+
+    With ``groups`` (set label → reference classes), the logits are first projected to the set's label space by
+    the max over each label's reference classes (WiSE-FT's ObjectNet projection); for a ``class_mask`` each group
+    has one class and this is ``logits[:, mask]``. Top-1 is then "the argmax over the mapped reference classes
+    is one of the label's classes".
+    """
+    if groups is not None:
+        projected = [logits[:, list(g)].max(dim=1).values for g in groups]
+        logits = torch.stack(projected, dim=1)
+    out = {}
+    for k in ks:
+        k_eff = min(k, logits.shape[1])
+        top = logits.topk(k_eff, dim=1).indices
+        out[k] = int((top == labels[:, None]).any(dim=1).sum())
+    return out
+
+
+def metrics_for(num_classes: int) -> dict[str, int]:
+    """Metric name → k: top-1 always, top-5 only where a set has more than 5 classes."""
+    return {"top1": 1, "top5": 5} if num_classes > 5 else {"top1": 1}
+
+
+def evaluate(
+    bundle: Any,
+    sets: Iterable[Any],
+    head: Head | None = None,
+    *,
+    tag: ModelTag | None = None,
+    opts: EvalOptions | None = None,
+    cache: HeadCache | None = None,
+) -> list[Record]:
+    """Top-1 (and top-5 where classes > 5) of ``bundle`` on each set whose role is in ``opts.roles``.
+
+    ``head``: a trained head (e.g. from :func:`arf.evaluate.load_trained_head`), used for the sets in its label
+    space; every other set gets the model's zero-shot head built from the set's class names and templates.
+    Values are percentages.
+    """
+    opts = opts or EvalOptions()
+    tag = tag or ModelTag(model=str(getattr(bundle, "model_id", "model")))
+    records: list[Record] = []
+    for ds in sets:
+        if ds.role not in opts.roles:
+            continue
+        covered, groups = label_groups(ds, head) if head is not None else (False, None)
+        if covered and head is not None:
+            use_head = head
+        else:
+            use_head = zeroshot_head(bundle, ds.classnames, ds.templates, device=opts.device, cache=cache)
+        feats, labels = encode_set(bundle, ds, opts)
+        n = int(labels.numel())
+        if n == 0:
+            log.warning("set %s: no readable images; skipped", ds.name)
+            continue
+        metrics = metrics_for(len(ds.classnames))
+        correct = topk_correct(use_head.logits(feats), labels, groups, metrics.values())
+        chash = config_hash(tag.config_hash, tag.model, tag.alpha, ds.name, len(ds), use_head.kind, ds.templates)
+        for metric, k in metrics.items():
+            records.append(
+                Record(
+                    model=tag.model, method=tag.method, alpha=tag.alpha, set=ds.name, role=ds.role, metric=metric,
+                    value=100.0 * correct[k] / n, n=n, config_hash=chash, seed=tag.seed,
+                )
+            )
+        log.info("%s on %s (%s head): top-1 %.2f%% of %d", tag.model, ds.name, use_head.kind,
+                 100.0 * correct[1] / n, n)
+    return records
+
+
+def _find_key(d: Any, key: str, depth: int = 2) -> Any:
+    """``d[key]`` at the top level, else in a nested mapping (configs nest e.g. ``train.seed``)."""
+    if not isinstance(d, dict):
+        return None
+    if key in d:
+        return d[key]
+    if depth > 0:
+        for v in d.values():
+            found = _find_key(v, key, depth - 1)
+            if found is not None:
+                return found
+    return None
+
+
+def model_tag(spec: str, method: str | None = None, seed: int | None = None) -> ModelTag:
+    """Describe a model for records: method and seed from the checkpoint's ``arf.json`` or its run's
+    ``config.yaml`` (two folders up at most), unless given; a model id with neither is ``zeroshot``."""
+    from pathlib import Path
+
+    import yaml
+
+    from arf.io import read_json
+
+    found: dict[str, Any] = {}
+    p = Path(spec)
+    if p.exists():
+        d = p if p.is_dir() else p.parent
+        sources: list[dict[str, Any]] = []
+        if (d / "arf.json").is_file():
+            sources.append(read_json(d / "arf.json"))
+        for parent in (d, d.parent, d.parent.parent):
+            if (parent / "config.yaml").is_file():
+                loaded = yaml.safe_load((parent / "config.yaml").read_text())
+                if isinstance(loaded, dict):
+                    sources.append(loaded)
+                break
+        for key in ("method", "seed", "config_hash"):
+            for src in sources:
+                v = _find_key(src, key)
+                if v is not None:
+                    found[key] = v
+                    break
+        spec = str(p.resolve())
+    seed_v = seed if seed is not None else found.get("seed")
+    return ModelTag(
+        model=spec,
+        method=method or str(found.get("method", "zeroshot")),
+        seed=None if seed_v is None else int(seed_v),
+        config_hash=str(found.get("config_hash", "")),
+    )

@@ -1,0 +1,196 @@
+"""WiSE-FT: weight-space ensembles ``(1 - α)·θ0 + α·θ1`` of a zero-shot and a finetuned model (Wortsman et al.).
+
+:func:`interpolate` is pure math on state dicts. :func:`wise_sweep` applies it to two models for a list of α and,
+per α, writes a checkpoint and/or evaluates. For methods with a trained head (``ft``/``lp``/``lpft``) the head is
+interpolated too, θ0's head being the zero-shot text head of the zero-shot model over the trained head's classes
+(the head ``ft`` starts from); for ``flyp``/``arf`` the interpolated text tower gives the zero-shot head itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arf.config import check
+from arf.errors import ConfigError
+from arf.evaluate.zeroshot import Head, zeroshot_head
+
+log = logging.getLogger(__name__)
+
+# The prompt used for θ0's head when the trained head records no templates of its own.
+FALLBACK_TEMPLATES = ["a photo of a {}."]
+
+
+def interpolate(
+    theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """``(1 - alpha) * theta0 + alpha * theta1`` for every floating-point tensor; inputs are not modified.
+
+    Keys and shapes must match (the error names the first key that does not). Non-float entries (integer
+    buffers such as BatchNorm's ``num_batches_tracked``, token ids, masks) cannot be averaged; they are taken from
+    ``theta1``, the finetuned model, whose buffers describe the weights it was trained with. ``alpha`` 0 and 1
+    return exact copies of ``theta0`` and ``theta1``.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"alpha: {alpha!r} is not a number in [0, 1]")
+    alpha = float(alpha)
+    only0 = [k for k in theta0 if k not in theta1]
+    only1 = [k for k in theta1 if k not in theta0]
+    if only0 or only1:
+        key, where = (only0[0], "theta0") if only0 else (only1[0], "theta1")
+        raise ConfigError(
+            f"state dicts differ: key {key!r} is only in {where} ({len(only0)} keys only in theta0, "
+            f"{len(only1)} only in theta1); interpolate models of the same architecture"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for k, t0 in theta0.items():
+        t1 = theta1[k]
+        if t0.shape != t1.shape:
+            raise ConfigError(f"state dicts differ: {k!r} has shape {tuple(t0.shape)} in theta0, {tuple(t1.shape)} "
+                              "in theta1")
+        if not (t0.is_floating_point() and t1.is_floating_point()):
+            out[k] = t1.detach().clone()
+        elif alpha == 0.0:
+            out[k] = t0.detach().clone()
+        elif alpha == 1.0:
+            out[k] = t1.detach().clone()
+        else:
+            mixed = (1.0 - alpha) * t0.detach().float() + alpha * t1.detach().float().to(t0.device)
+            out[k] = mixed.to(t0.dtype)
+    return out
+
+
+def interpolate_heads(head0: Head, head1: Head, alpha: float) -> Head:
+    """WiSE-FT for heads over the same classes (same order)."""
+    if head0.classnames != head1.classnames:
+        raise ConfigError("cannot interpolate heads over different class names")
+    mixed = interpolate({"weight": head0.weight, "bias": head0.bias},
+                        {"weight": head1.weight, "bias": head1.bias}, alpha)
+    return Head(weight=mixed["weight"], bias=mixed["bias"], classnames=list(head1.classnames),
+                kind="trained" if alpha > 0 else "zeroshot", reference=head1.reference,
+                templates=list(head1.templates))
+
+
+def parse_alphas(spec: str) -> list[float]:
+    """``"0:1:0.1"`` (start:stop:step, stop included), ``"0,0.5,1"`` or ``"0.5"`` → sorted unique alphas in [0, 1]."""
+    spec = str(spec).strip()
+    try:
+        if ":" in spec:
+            parts = [float(p) for p in spec.split(":")]
+            check(len(parts) == 3, "--alphas", f"{spec!r}: a range is start:stop:step, e.g. 0:1:0.1")
+            start, stop, step = parts
+            check(step > 0, "--alphas", f"{spec!r}: the step must be > 0")
+            check(stop >= start, "--alphas", f"{spec!r}: stop must be >= start")
+            # Counting steps instead of adding floats keeps 0:1:0.1 at exactly 11 values ending at 1.0.
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            values = [round(start + i * step, 10) for i in range(count)]
+        else:
+            values = [float(p) for p in spec.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"--alphas: {spec!r} is not a list (0,0.5,1) or range (0:1:0.1) of numbers") from None
+    check(bool(values), "--alphas", "no alpha given")
+    bad = [a for a in values if not 0.0 <= a <= 1.0 or math.isnan(a)]
+    check(not bad, "--alphas", f"{bad[0] if bad else ''} is outside [0, 1]")
+    return sorted(set(values))
+
+
+def alpha_dirname(alpha: float) -> str:
+    return f"alpha_{alpha:.3f}"
+
+
+@dataclass
+class WisePoint:
+    """One α of a sweep: the interpolated bundle and head (valid until the next point is produced)."""
+
+    alpha: float
+    bundle: Any
+    head: Head | None
+
+
+def wise_points(
+    bundle0: Any, bundle1: Any, alphas: Sequence[float], head1: Head | None = None, device: str = "cpu",
+    head0_builder: Callable[[Any, Head], Head] | None = None,
+):
+    """Yield a :class:`WisePoint` per α. ``bundle0`` is reused as the container of the interpolated weights.
+
+    ``head1`` is the finetuned model's trained head, if any; θ0's head is then the zero-shot head of ``bundle0``
+    over the same classes and templates (``head0_builder`` overrides how it is built).
+    """
+    theta0 = {k: v.detach().clone() for k, v in bundle0.model.state_dict().items()}
+    theta1 = {k: v.detach().clone() for k, v in bundle1.model.state_dict().items()}
+    interpolate(theta0, theta1, 0.0)  # fail on key/shape mismatch before any work
+    head0 = None
+    if head1 is not None:
+        head0 = (head0_builder or zeroshot_reference_head)(bundle0, head1)
+    for alpha in alphas:
+        bundle0.model.load_state_dict(interpolate(theta0, theta1, alpha))
+        head = interpolate_heads(head0, head1, alpha) if head1 is not None and head0 is not None else None
+        yield WisePoint(alpha=alpha, bundle=bundle0, head=head)
+
+
+def zeroshot_reference_head(bundle0: Any, head1: Head) -> Head:
+    """θ0's head for a trained head: the zero-shot head of the zero-shot model over the trained head's classes."""
+    templates = head1.templates or FALLBACK_TEMPLATES
+    if not head1.templates:
+        log.warning("the trained head records no templates; theta0's head uses %s", FALLBACK_TEMPLATES)
+    h = zeroshot_head(bundle0, head1.classnames, templates, reference=head1.reference)
+    return h
+
+
+def wise_sweep(
+    zeroshot: str,
+    finetuned: str,
+    alphas: Sequence[float],
+    *,
+    sets: Sequence[Any] | None = None,
+    out_dir: str | Path | None = None,
+    records_path: str | Path | None = None,
+    opts: Any = None,
+    method: str | None = None,
+    seed: int | None = None,
+) -> list[Any]:
+    """For each α: write ``out_dir/alpha_<α>/`` (a checkpoint loadable by ``create_model``) and/or evaluate ``sets``.
+
+    Returns the evaluation records (also appended to ``records_path`` after each α, so a killed sweep keeps the
+    finished points). Records name the finetuned model and its method, with ``alpha`` set.
+    """
+    from arf.evaluate.records import append_records
+    from arf.evaluate.runner import EvalOptions, evaluate, model_tag
+    from arf.evaluate.zeroshot import load_trained_head, save_head
+    from arf.io import read_json, write_json
+    from arf.models import create_model, save_checkpoint
+
+    check(sets is not None or out_dir is not None, "wise", "nothing to do: give sets to evaluate and/or an out_dir")
+    opts = opts or EvalOptions()
+    bundle0 = create_model(zeroshot, device=opts.device)
+    bundle1 = create_model(finetuned, device=opts.device)
+    head1 = load_trained_head(finetuned)
+    tag1 = model_tag(finetuned, method=method, seed=seed)
+    records: list[Any] = []
+    for point in wise_points(bundle0, bundle1, alphas, head1=head1, device=opts.device):
+        log.info("WiSE-FT alpha=%.3f", point.alpha)
+        if out_dir is not None:
+            d = Path(out_dir) / alpha_dirname(point.alpha)
+            save_checkpoint(point.bundle, d)
+            if point.head is not None:
+                save_head(point.head, d)
+            meta = read_json(d / "arf.json") if (d / "arf.json").is_file() else {}
+            meta["wise"] = {"alpha": point.alpha, "zeroshot": str(zeroshot), "finetuned": str(finetuned)}
+            meta.setdefault("method", tag1.method)
+            if tag1.seed is not None:
+                meta.setdefault("seed", tag1.seed)
+            write_json(d / "arf.json", meta)
+        if sets is not None:
+            tag = type(tag1)(model=tag1.model, method=tag1.method, alpha=point.alpha, seed=tag1.seed,
+                             config_hash=tag1.config_hash)
+            recs = evaluate(point.bundle, sets, point.head, tag=tag, opts=opts)
+            records.extend(recs)
+            if records_path is not None:
+                append_records(records_path, recs)
+    return records

@@ -1,0 +1,49 @@
+"""Records: JSONL round trip, atomic append, dedupe, role averages, bad lines named."""
+
+from __future__ import annotations
+
+import pytest
+
+from arf.errors import InputFileError
+from arf.evaluate import Record, append_records, dedupe, read_records, role_averages
+from arf.evaluate.records import mean_std
+
+
+def rec(set_, role, value, seed=0, alpha=None, metric="top1"):
+    return Record("m", "ft", alpha, set_, role, metric, value, 10, "h", seed)
+
+
+def test_jsonl_round_trip_and_append(tmp_path):
+    path = tmp_path / "r.jsonl"
+    a = [rec("x", "id", 50.0), rec("y", "shift", 25.0, alpha=0.5)]
+    append_records(path, a)
+    append_records(path, [rec("z", "zeroshot", 10.0, seed=None)])
+    back = read_records(path)
+    assert back == [*a, rec("z", "zeroshot", 10.0, seed=None)]
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_bad_line_is_named(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_records(path, [rec("x", "id", 1.0)])
+    with path.open("a") as f:
+        f.write('{"model": "m"}\n')
+    with pytest.raises(InputFileError, match=r"r.jsonl:2"):
+        read_records(path)
+
+
+def test_dedupe_keeps_last():
+    out = dedupe([rec("x", "id", 1.0), rec("x", "id", 2.0), rec("x", "id", 3.0, seed=1)])
+    assert sorted(r.value for r in out) == [2.0, 3.0]
+
+
+def test_role_averages_ignore_other_metrics_and_roles():
+    recs = [rec("a", "id", 80.0), rec("b", "shift", 40.0), rec("c", "shift", 60.0), rec("d", "val", 1.0),
+            rec("b", "shift", 99.0, metric="top5")]
+    assert role_averages(recs) == {"ID": 80.0, "OOD avg": 50.0}
+
+
+def test_mean_std():
+    assert mean_std([2.0]) == (2.0, 0.0)
+    m, s = mean_std([1.0, 2.0, 3.0])
+    assert m == 2.0 and s == pytest.approx(1.0)

@@ -1,0 +1,114 @@
+"""evaluate(): heads chosen per label space, top-k, masks and label maps, role averages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arf.evaluate import EvalOptions, Head, ModelTag, evaluate, label_groups, role_averages, topk_correct
+from evaluate_fixtures import NAMES, OracleBundle, make_set
+
+OPTS = EvalOptions(batch_size=3, progress=False)
+
+
+def by_key(records):
+    return {(r.set, r.metric): r for r in records}
+
+
+def test_right_by_construction_is_100_percent(tmp_path):
+    bundle = OracleBundle(NAMES)
+    sets = [
+        make_set(tmp_path, "id8", "id", list(range(8))),
+        make_set(tmp_path, "shift3", "shift", [2, 0, 1], per_class=3),
+        make_set(tmp_path, "zs4", "zeroshot", [4, 5, 6, 7]),
+    ]
+    recs = evaluate(bundle, sets, tag=ModelTag("oracle", method="zeroshot", seed=0), opts=OPTS)
+    got = by_key(recs)
+    assert got[("id8", "top1")].value == 100.0
+    assert got[("id8", "top5")].value == 100.0
+    # top-5 only where there are more than 5 classes
+    assert ("shift3", "top5") not in got and ("zs4", "top5") not in got
+    assert got[("shift3", "top1")].value == 100.0 and got[("shift3", "top1")].n == 9
+    assert {r.role for r in recs} == {"id", "shift", "zeroshot"}
+    assert all(r.seed == 0 and r.method == "zeroshot" and r.alpha is None for r in recs)
+
+
+def test_mislabelled_images_lower_accuracy_exactly(tmp_path):
+    bundle = OracleBundle(NAMES)
+    ds = make_set(tmp_path, "s", "id", list(range(8)), per_class=2, wrong=4)  # 4 of 16 wrong
+    got = by_key(evaluate(bundle, [ds], opts=OPTS))
+    assert got[("s", "top1")].value == pytest.approx(100.0 * 12 / 16)
+
+
+def test_train_role_is_skipped_by_default(tmp_path):
+    bundle = OracleBundle(NAMES)
+    sets = [make_set(tmp_path, "tr", "train", [0, 1]), make_set(tmp_path, "v", "val", [0, 1])]
+    assert {r.set for r in evaluate(bundle, sets, opts=OPTS)} == {"v"}
+
+
+def test_trained_head_used_only_for_its_label_space(tmp_path):
+    bundle = OracleBundle(NAMES)
+    ref = [0, 1, 2, 3]
+    # A trained head that maps class k's feature to class (k+1) % 4: always wrong on its own label space.
+    w = torch.zeros(4, 8)
+    for k in range(4):
+        w[(k + 1) % 4, k] = 10.0
+    head = Head(weight=w, bias=torch.zeros(4), classnames=[NAMES[c] for c in ref], kind="trained", reference="ref")
+    sets = [
+        make_set(tmp_path, "same", "id", ref),
+        make_set(tmp_path, "masked", "shift", [1, 2], class_mask=[1, 2]),
+        make_set(tmp_path, "other", "zeroshot", [5, 6]),
+    ]
+    got = by_key(evaluate(bundle, sets, head, opts=OPTS))
+    assert got[("same", "top1")].value == 0.0  # the trained head's (wrong) predictions were used
+    assert got[("masked", "top1")].value == 0.0  # ... through the mask: blue scored as "red" → wrong
+    assert got[("other", "top1")].value == 100.0  # zero-shot head of the model for a foreign label space
+
+
+def test_label_groups_rules():
+    head = Head(torch.zeros(4, 2), torch.zeros(4), ["a", "b", "c", "d"], reference="ref")
+
+    class S:
+        def __init__(self, classnames, class_mask=None, label_map=None, reference=None):
+            self.classnames, self.class_mask, self.label_map, self.reference = (classnames, class_mask, label_map,
+                                                                                reference)
+
+    assert label_groups(S(["a", "b", "c", "d"]), head) == (True, None)
+    assert label_groups(S(["c", "a"], class_mask=[2, 0]), head) == (True, [[2], [0]])
+    # a mask whose names disagree with the head is not this head's label space
+    assert label_groups(S(["x", "a"], class_mask=[2, 0]), head) == (False, None)
+    assert label_groups(S(["o1", "o2"], label_map={0: [1, 3], 1: [0]}, reference="ref"), head) == (True,
+                                                                                                   [[1, 3], [0]])
+    assert label_groups(S(["o1", "o2"], label_map={0: [1], 1: [0]}, reference="other"), head) == (False, None)
+    assert label_groups(S(["z"]), head) == (False, None)
+
+
+def test_topk_with_mask_and_label_map_on_hand_made_logits():
+    logits = torch.tensor([
+        [0.0, 5.0, 1.0, 2.0],  # argmax 1
+        [9.0, 0.0, 3.0, 1.0],  # argmax 0 overall, 2 among {2, 3}
+        [0.0, 1.0, 2.0, 8.0],  # argmax 3
+    ])
+    # no projection
+    assert topk_correct(logits, torch.tensor([1, 2, 3]), None, (1, 2)) == {1: 2, 2: 3}
+    # class_mask [3, 2]: set label 0 = ref 3, label 1 = ref 2 → logits[:, [3, 2]]
+    masked = [[3], [2]]
+    # masked rows: [2, 1] → 0, [1, 3] → 1, [8, 2] → 0
+    assert topk_correct(logits, torch.tensor([0, 1, 1]), masked, (1,)) == {1: 2}
+    assert topk_correct(logits, torch.tensor([0, 1, 1]), masked, (2,)) == {2: 3}
+    # label_map: label 0 ← refs {0, 1}, label 1 ← refs {2, 3}; correct iff argmax over mapped refs is in the group
+    groups = [[0, 1], [2, 3]]
+    assert topk_correct(logits, torch.tensor([0, 1, 1]), groups, (1,)) == {1: 2}  # row 1: 9 (ref 0) wins → label 0
+    assert topk_correct(logits, torch.tensor([0, 0, 1]), groups, (1,)) == {1: 3}
+
+
+def test_role_averages_from_roles_not_names(tmp_path):
+    bundle = OracleBundle(NAMES)
+    sets = [
+        make_set(tmp_path, "a", "id", [0, 1], per_class=2, wrong=1),  # 75
+        make_set(tmp_path, "b", "shift", [0, 1], per_class=2, wrong=2),  # 50
+        make_set(tmp_path, "c", "shift", [0, 1], per_class=2),  # 100
+        make_set(tmp_path, "d", "zeroshot", [2, 3], per_class=2, wrong=1),  # 75
+    ]
+    avg = role_averages(evaluate(bundle, sets, opts=OPTS))
+    assert avg == {"ID": 75.0, "OOD avg": 75.0, "zero-shot avg": 75.0}
