@@ -1,0 +1,169 @@
+"""Checkpoints: ``open_clip_model.safetensors`` + ``open_clip_config.json`` + ``arf.json`` in one folder.
+
+The first two are open_clip's own local-dir format, so a finetuned open_clip-family model loads in plain
+open_clip (``create_model_and_transforms("local-dir:<dir>")`` or ``(name, pretrained=<file>)``). ``arf.json``
+holds the model id, the ARF version and ``bundle.info`` (enough to rebuild any family, including ``hf:``).
+Each file is written atomically and ``arf.json`` last, so a folder without it is an unfinished save.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arf.errors import ArfError, ConfigError, InputFileError
+from arf.io import atomic_path, read_json, write_json
+from arf.models.base import ClipBundle
+
+WEIGHTS = "open_clip_model.safetensors"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+ARF_JSON = "arf.json"
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def save_checkpoint(bundle: ClipBundle, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``bundle`` to ``out_dir`` (created); ``extra`` is merged into ``arf.json``. Returns ``out_dir``."""
+    from safetensors.torch import save_file
+
+    from arf import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared storage; contiguous clones also drop views into bigger buffers.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in bundle.model.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "model_id": bundle.model_id})
+    if bundle.info.get("family") == "open_clip":
+        write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": bundle.info["model_cfg"],
+                                            "preprocess_cfg": bundle.info["preprocess_cfg"]})
+    meta = {"model_id": bundle.model_id, "arf_version": __version__, "info": bundle.info}
+    meta.update(extra or {})
+    write_json(out / ARF_JSON, meta)
+    return out
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / ARF_JSON).is_file() or (p / OPEN_CLIP_CONFIG).is_file())
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file, or a torch file loaded with ``weights_only=True`` (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise InputFileError(f"cannot read checkpoint {path}: {e}") from e
+    if path.suffix not in _TORCH_SUFFIXES:
+        raise InputFileError(f"checkpoint {path}: unknown weights format; use .safetensors or {_TORCH_SUFFIXES}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses arbitrary globals: the file would execute code when unpickled.
+        raise InputFileError(f"refusing to load {path}: it is a pickle that would run code (only plain tensors "
+                             f"are accepted; convert it to .safetensors)") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise InputFileError(f"cannot read checkpoint {path}: {e}") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputFileError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, arch: str) -> None:
+    """Strictly load ``state``; on any mismatch raise one line naming the first bad key."""
+    own = model.state_dict()
+    # open_clip's loader also drops this key (transformers >= 4.31 made it a non-persistent buffer).
+    state = {k: v for k, v in state.items() if not (k.endswith("embeddings.position_ids") and k not in own)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape:
+        if shape:
+            k = shape[0]
+            first = f"key {k!r} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
+        elif missing:
+            first = f"missing key {missing[0]!r}"
+        else:
+            first = f"unexpected key {unexpected[0]!r}"
+        n = len(missing) + len(unexpected) + len(shape) - 1
+        more = f" (and {n} more mismatches)" if n else ""
+        raise InputFileError(f"checkpoint {source} does not fit architecture {arch}: {first}{more}")
+    model.load_state_dict(state, strict=True)
+
+
+def _find_weights(folder: Path) -> Path:
+    for name in (WEIGHTS, "open_clip_pytorch_model.safetensors", "model.safetensors",
+                 "open_clip_pytorch_model.bin", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise InputFileError(f"checkpoint folder {folder} has no weights file ({WEIGHTS})")
+
+
+def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
+    """``arf.json`` if present, else one rebuilt from open_clip's ``open_clip_config.json``."""
+    folder = Path(folder)
+    try:
+        if (folder / ARF_JSON).is_file():
+            return read_json(folder / ARF_JSON)
+        if (folder / OPEN_CLIP_CONFIG).is_file():
+            cfg = read_json(folder / OPEN_CLIP_CONFIG)
+            return {"model_id": str(folder), "info": {"family": "open_clip", "model_cfg": cfg["model_cfg"],
+                                                      "preprocess_cfg": cfg.get("preprocess_cfg", {})}}
+    except (ValueError, KeyError) as e:
+        raise InputFileError(f"checkpoint {folder}: unreadable config ({e})") from e
+    raise InputFileError(f"not a checkpoint folder (no {ARF_JSON} or {OPEN_CLIP_CONFIG}): {folder}")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> ClipBundle:
+    """Rebuild a bundle from a checkpoint folder, or from a weights file whose folder holds the configs."""
+    from arf.models.openclip import bundle_from_cfg
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputFileError(f"checkpoint not found: {path}")
+    folder, weights = (path, None) if path.is_dir() else (path.parent, path)
+    meta = read_checkpoint_meta(folder)
+    weights = weights or _find_weights(folder)
+    info = meta.get("info", {})
+    family = info.get("family")
+    state = load_state_dict(weights)
+    if family == "open_clip":
+        from arf.models.mini_clip import localize_model_cfg
+
+        model_cfg = localize_model_cfg(info["model_cfg"])
+        bundle = bundle_from_cfg(model_cfg, info["preprocess_cfg"], str(path),
+                                 extra_info={k: v for k, v in info.items()
+                                             if k not in ("family", "model_cfg", "preprocess_cfg")})
+        arch = meta.get("model_id", "open_clip")
+    elif family == "hf":
+        from arf.models.hf import bundle_from_info
+
+        bundle = bundle_from_info(info, str(path))
+        arch = meta.get("model_id", "hf")
+    else:
+        raise ConfigError(f"checkpoint {folder}: unknown model family {family!r} in {ARF_JSON}; "
+                          f"choose from open_clip, hf")
+    load_into(bundle.model, state, weights, arch)
+    bundle.model.to(device)
+    bundle.info["source_model_id"] = meta.get("model_id")
+    return bundle
+
+
+def check_loadable(path: str | Path) -> None:
+    """Raise :class:`ArfError` unless ``path`` looks like a checkpoint (cheap; reads no weights)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"checkpoint not found: {p}")
+    if p.is_dir() and not is_checkpoint_dir(p):
+        raise ArfError(f"not a checkpoint folder (no {ARF_JSON} or {OPEN_CLIP_CONFIG}): {p}")
