@@ -331,4 +331,6 @@ def load_embeddings(emb_dir: str | Path, modality: str = "image") -> tuple[np.nd
         p = _shard_paths(out, i)
         arrays.append(np.load(p[key]).astype(np.float32))
         tables.append(pq.read_table(p["meta"]))
+    # A shard whose images were all corrupt is stored as (0, 0): leave it out of the concatenation.
+    arrays = [a for a in arrays if len(a)] or [np.zeros((0, info["dim"]), np.float32)]
     return np.concatenate(arrays), pa.concat_tables(tables)
