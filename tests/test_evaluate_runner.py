@@ -63,6 +63,7 @@ def test_trained_head_used_only_for_its_label_space(tmp_path):
     assert got[("same", "top1")].value == 0.0  # the trained head's (wrong) predictions were used
     assert got[("masked", "top1")].value == 0.0  # ... through the mask: blue scored as "red" → wrong
     assert got[("other", "top1")].value == 100.0  # zero-shot head of the model for a foreign label space
+    assert [got[(s, "top1")].head for s in ("same", "masked", "other")] == ["trained", "trained", "zeroshot"]
 
 
 def test_label_groups_rules():

@@ -37,6 +37,8 @@ class Record:
     n: int
     config_hash: str
     seed: int | None = None
+    # Which head produced the number: "zeroshot" (text head of the model) or "trained" (the checkpoint's head).
+    head: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,7 +46,7 @@ class Record:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names if n not in d and n != "seed")
+        missing = sorted(n for n in names if n not in d and n not in ("seed", "head"))
         if missing:
             raise ValueError(f"missing field {missing[0]!r}")
         alpha = d.get("alpha")
@@ -60,6 +62,7 @@ class Record:
             n=int(d["n"]),
             config_hash=str(d["config_hash"]),
             seed=None if seed is None else int(seed),
+            head=d.get("head"),
         )
 
 

@@ -159,7 +159,7 @@ def evaluate(
             records.append(
                 Record(
                     model=tag.model, method=tag.method, alpha=tag.alpha, set=ds.name, role=ds.role, metric=metric,
-                    value=100.0 * correct[k] / n, n=n, config_hash=chash, seed=tag.seed,
+                    value=100.0 * correct[k] / n, n=n, config_hash=chash, seed=tag.seed, head=use_head.kind,
                 )
             )
         log.info("%s on %s (%s head): top-1 %.2f%% of %d", tag.model, ds.name, use_head.kind,

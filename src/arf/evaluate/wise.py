@@ -143,6 +143,16 @@ def zeroshot_reference_head(bundle0: Any, head1: Head) -> Head:
     return h
 
 
+def _finished(d: Path, alpha: float) -> bool:
+    """A sweep folder is complete once its ``arf.json`` (written last) names this α."""
+    from arf.io import read_json
+
+    try:
+        return math.isclose(float(read_json(d / "arf.json")["wise"]["alpha"]), alpha, abs_tol=1e-9)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def wise_sweep(
     zeroshot: str,
     finetuned: str,
@@ -162,8 +172,7 @@ def wise_sweep(
     """
     from arf.evaluate.records import append_records
     from arf.evaluate.runner import EvalOptions, evaluate, model_tag
-    from arf.evaluate.zeroshot import load_trained_head, save_head
-    from arf.io import read_json, write_json
+    from arf.evaluate.zeroshot import head_info, load_trained_head, write_head_file
     from arf.models import create_model, save_checkpoint
 
     check(sets is not None or out_dir is not None, "wise", "nothing to do: give sets to evaluate and/or an out_dir")
@@ -177,15 +186,21 @@ def wise_sweep(
         log.info("WiSE-FT alpha=%.3f", point.alpha)
         if out_dir is not None:
             d = Path(out_dir) / alpha_dirname(point.alpha)
-            save_checkpoint(point.bundle, d)
-            if point.head is not None:
-                save_head(point.head, d)
-            meta = read_json(d / "arf.json") if (d / "arf.json").is_file() else {}
-            meta["wise"] = {"alpha": point.alpha, "zeroshot": str(zeroshot), "finetuned": str(finetuned)}
-            meta.setdefault("method", tag1.method)
-            if tag1.seed is not None:
-                meta.setdefault("seed", tag1.seed)
-            write_json(d / "arf.json", meta)
+            if _finished(d, point.alpha):
+                log.info("%s already written; kept", d)
+            else:
+                extra: dict[str, Any] = {
+                    "method": tag1.method,
+                    "wise": {"alpha": point.alpha, "zeroshot": str(zeroshot), "finetuned": str(finetuned)},
+                }
+                if tag1.seed is not None:
+                    extra["seed"] = tag1.seed
+                d.mkdir(parents=True, exist_ok=True)
+                if point.head is not None:
+                    # The head goes first: save_checkpoint writes arf.json last, marking the folder complete.
+                    write_head_file(point.head, d)
+                    extra["head"] = head_info(point.head)
+                save_checkpoint(point.bundle, d, extra=extra)
         if sets is not None:
             tag = type(tag1)(model=tag1.model, method=tag1.method, alpha=point.alpha, seed=tag1.seed,
                              config_hash=tag1.config_hash)

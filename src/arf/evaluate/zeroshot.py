@@ -195,16 +195,26 @@ def load_trained_head(checkpoint_dir: str | Path) -> Head | None:
         raise InputFileError(f"{d / HEAD_FILE}: {e}") from None
 
 
-def save_head(head: Head, checkpoint_dir: str | Path) -> None:
-    """Write ``head.safetensors`` and record the head's classes in ``arf.json`` (merged into what is there)."""
+def head_info(head: Head) -> dict[str, Any]:
+    """What ``arf.json`` records about a trained head (under the key ``head``)."""
+    return {"classnames": list(head.classnames), "reference": head.reference, "templates": list(head.templates)}
+
+
+def write_head_file(head: Head, checkpoint_dir: str | Path) -> None:
+    """Write ``head.safetensors`` (``weight`` [C, D], ``bias`` [C]) atomically."""
     from safetensors.torch import save_file
 
+    with atomic_path(Path(checkpoint_dir) / HEAD_FILE) as tmp:
+        save_file({"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, str(tmp))
+
+
+def save_head(head: Head, checkpoint_dir: str | Path) -> None:
+    """Write ``head.safetensors`` and record the head's classes in ``arf.json`` (merged into what is there)."""
     from arf.io import write_json
 
     d = Path(checkpoint_dir)
-    with atomic_path(d / HEAD_FILE) as tmp:
-        save_file({"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, str(tmp))
+    write_head_file(head, d)
     meta_path = d / META_FILE
     meta = read_json(meta_path) if meta_path.is_file() else {}
-    meta["head"] = {"classnames": head.classnames, "reference": head.reference, "templates": head.templates}
+    meta["head"] = head_info(head)
     write_json(meta_path, meta)

@@ -1,0 +1,92 @@
+"""WiSE-FT curves (the paper's Fig. 4): x = ID accuracy, y = an average (OOD or zero-shot), one curve per method.
+
+Each curve joins a method's α points in order, averaged over replicates; the α = 0 end (the zero-shot model,
+shared by every curve) is a black star, the α = 1 end (the finetuned model) a large marker in the curve's colour.
+A method evaluated without a sweep is a single marker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from arf.evaluate.records import Record, dedupe
+from arf.io import atomic_path
+from arf.report.tables import summarize
+
+log = logging.getLogger(__name__)
+
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">")
+
+
+@dataclass
+class CurvePoint:
+    alpha: float | None
+    x: float
+    y: float
+
+
+def curve_points(
+    records: Sequence[Record], x: str = "ID", y: str = "OOD avg", metric: str = "top1"
+) -> dict[str, list[CurvePoint]]:
+    """Per method, its points (sorted by α; α None last) where both ``x`` and ``y`` averages exist."""
+    by: dict[tuple[str, float | None], list[Record]] = defaultdict(list)
+    for r in dedupe(records):
+        by[(r.method, None if r.alpha is None else round(r.alpha, 6))].append(r)
+    out: dict[str, list[CurvePoint]] = defaultdict(list)
+    for (method, alpha), recs in by.items():
+        cells = summarize(recs, metric)
+        if x in cells and y in cells:
+            out[method].append(CurvePoint(alpha, cells[x].mean, cells[y].mean))
+    for pts in out.values():
+        pts.sort(key=lambda p: (p.alpha is None, p.alpha or 0.0))
+    return dict(out)
+
+
+def plot_curves(
+    points: dict[str, list[CurvePoint]], path: str | Path, xlabel: str, ylabel: str, title: str
+) -> int:
+    """Draw every method on one figure (900×600 px) and save a PNG; returns the number of curves (≥ 2 points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
+    # The zero-shot model once, first in the legend: its own evaluation if recorded, else a sweep's α = 0 point.
+    zero = [p for p in points.get("zeroshot", []) if p.alpha is None]
+    zero = zero or [p for pts in points.values() for p in pts if p.alpha == 0.0][:1]
+    if zero:
+        ax.plot(zero[0].x, zero[0].y, marker="*", ms=16, color="black", ls="none", label="zeroshot (α=0)", zorder=5)
+    curves = 0
+    for i, (method, pts) in enumerate(p for p in points.items() if p[0] != "zeroshot"):
+        color = f"C{i % 10}"
+        marker = MARKERS[i % len(MARKERS)]
+        swept = [p for p in pts if p.alpha is not None]
+        if len(swept) >= 2:
+            curves += 1
+            ax.plot([p.x for p in swept], [p.y for p in swept], "-", marker=marker, ms=4, color=color, lw=1.8,
+                    label=method)
+            for p in swept:
+                if p.alpha == 1.0:
+                    ax.plot(p.x, p.y, marker=marker, ms=11, color=color, mec="black", ls="none", zorder=4)
+        else:
+            for p in pts:
+                ax.plot(p.x, p.y, marker=marker, ms=11, color=color, mec="black", ls="none", label=method)
+    if curves:
+        ax.text(0.01, 0.01, "curves: WiSE-FT from α=0 (★ zero-shot) to α=1 (large marker: finetuned)",
+                transform=ax.transAxes, fontsize=8, color="0.3", va="bottom")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=9, framealpha=0.9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return curves

@@ -1,0 +1,122 @@
+"""The report builder on synthetic JSONL records: table content, CSV, plots and curve counts."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+
+import pytest
+from PIL import Image
+
+from arf.errors import InputFileError
+from arf.evaluate import Record, append_records
+from arf.report import build_report, collect_records
+from arf.report.plots import curve_points
+from arf.report.tables import build_table, to_markdown
+
+SETS = {"idset": "id", "s1": "shift", "s2": "shift", "z1": "zeroshot", "z2": "zeroshot", "v": "val"}
+METHODS = {"ft": 1.0, "flyp": 2.0, "arf": 3.0}
+ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+SEEDS = [0, 1, 2]
+
+
+def value(method: str, alpha: float, set_: str, seed: int) -> float:
+    """A smooth made-up accuracy: ID rises with alpha, OOD/zero-shot peak mid-way; method and seed shift it."""
+    role = SETS[set_]
+    zs = 50.0 + len(set_)
+    if role in ("id", "val"):
+        v = zs + 30 * alpha
+    else:
+        v = zs + METHODS[method] * 4 * alpha * (1 - alpha) - 5 * alpha
+    return v + 0.5 * seed
+
+
+def synthetic() -> list[Record]:
+    recs = []
+    for seed in SEEDS:
+        for m in METHODS:
+            for a in ALPHAS:
+                for s, role in SETS.items():
+                    recs.append(Record(f"runs/{m}-{seed}", m, a, s, role, "top1", value(m, a, s, seed), 100, "h",
+                                       seed))
+                    recs.append(Record(f"runs/{m}-{seed}", m, a, s, role, "top5", 99.0, 100, "h", seed))
+    for s, role in SETS.items():  # one zero-shot eval, single seed
+        recs.append(Record("base", "zeroshot", None, s, role, "top1", value("ft", 0.0, s, 0), 100, "h", None))
+    return recs
+
+
+def test_table_content():
+    table = build_table(synthetic(), wise_alpha=0.5)
+    labels = [r.label for r in table.rows]
+    assert labels == ["zeroshot", "ft", "flyp", "arf", "ft + WiSE-FT (α=0.5)", "flyp + WiSE-FT (α=0.5)",
+                      "arf + WiSE-FT (α=0.5)"]
+    assert table.columns == ["v", "idset", "s1", "s2", "z1", "z2", "ID", "OOD avg", "zero-shot avg"]
+    rows = {r.label: r for r in table.rows}
+    for m in METHODS:
+        for label, a in ((m, 1.0), (f"{m} + WiSE-FT (α=0.5)", 0.5)):
+            cells = rows[label].cells
+            per_seed_ood = [(value(m, a, "s1", s) + value(m, a, "s2", s)) / 2 for s in SEEDS]
+            assert cells["OOD avg"].mean == pytest.approx(statistics.mean(per_seed_ood))
+            assert cells["OOD avg"].std == pytest.approx(statistics.stdev(per_seed_ood))
+            assert cells["OOD avg"].n == 3
+            assert cells["ID"].mean == pytest.approx(statistics.mean(value(m, a, "idset", s) for s in SEEDS))
+            zs = [(value(m, a, "z1", s) + value(m, a, "z2", s)) / 2 for s in SEEDS]
+            assert cells["zero-shot avg"].mean == pytest.approx(statistics.mean(zs))
+    assert rows["zeroshot"].cells["ID"].n == 1
+    md = to_markdown(table)
+    assert md.splitlines()[0] == "| method | v | idset | s1 | s2 | z1 | z2 | ID | OOD avg | zero-shot avg |"
+    arf_line = next(line for line in md.splitlines() if line.startswith("| arf |"))
+    assert f"{rows['arf'].cells['OOD avg'].mean:.1f} ± {rows['arf'].cells['OOD avg'].std:.1f}" in arf_line
+    zs_line = next(line for line in md.splitlines() if line.startswith("| zeroshot |"))
+    assert "±" not in zs_line
+
+
+def test_curves_follow_alpha_order():
+    pts = curve_points(synthetic(), x="ID", y="OOD avg")
+    assert set(pts) == {"ft", "flyp", "arf", "zeroshot"}
+    assert [p.alpha for p in pts["arf"]] == ALPHAS
+    xs = [p.x for p in pts["arf"]]
+    assert xs == sorted(xs)  # ID rises with alpha in the synthetic data
+    mid = pts["arf"][2]
+    assert mid.y == pytest.approx(statistics.mean((value("arf", 0.5, "s1", s) + value("arf", 0.5, "s2", s)) / 2
+                                                  for s in SEEDS))
+
+
+def test_build_report_writes_files(tmp_path):
+    path = tmp_path / "runs" / "records.jsonl"
+    append_records(path, synthetic())
+    (tmp_path / "runs" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')  # must be ignored
+    recs = collect_records([tmp_path / "runs"])
+    result = build_report(recs, tmp_path / "report")
+    assert result.markdown_path.read_text().startswith("| method |")
+    with result.csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows][:4] == ["zeroshot", "ft", "flyp", "arf"]
+    assert float(rows[3]["OOD avg"]) == pytest.approx(result.table.rows[3].cells["OOD avg"].mean, abs=1e-4)
+    assert result.curves == {"wise_id_vs_ood": 3, "wise_id_vs_zeroshot": 3}
+    for p in result.plots.values():
+        with Image.open(p) as im:
+            assert im.size == (900, 600)
+    assert (tmp_path / "report" / "summary.json").is_file()
+
+
+def test_report_without_zeroshot_sets_skips_that_plot(tmp_path):
+    recs = [r for r in synthetic() if r.role != "zeroshot"]
+    result = build_report(recs, tmp_path)
+    assert set(result.plots) == {"wise_id_vs_ood"}
+    assert "zero-shot avg" not in result.table.columns
+
+
+def test_zeroshot_row_from_alpha_zero_when_not_recorded():
+    recs = [r for r in synthetic() if r.method != "zeroshot"]
+    rows = {r.label: r for r in build_table(recs).rows}
+    assert rows["zeroshot"].alpha == 0.0
+    assert rows["zeroshot"].cells["ID"].mean == pytest.approx(statistics.mean(value("ft", 0.0, "idset", s)
+                                                                             for s in SEEDS))
+
+
+def test_collect_errors(tmp_path):
+    with pytest.raises(InputFileError, match="no such file"):
+        collect_records([tmp_path / "missing.jsonl"])
+    with pytest.raises(InputFileError, match=r"no \*records\*\.jsonl"):
+        collect_records([tmp_path])
