@@ -37,6 +37,10 @@ def save_checkpoint(bundle: ClipBundle, out_dir: str | Path, extra: dict[str, An
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "model_id": bundle.model_id})
     if bundle.info.get("family") == "open_clip":
+        if bundle.info["model_cfg"].get("text_cfg", {}).get("hf_tokenizer_name") and hasattr(
+                bundle.tokenizer, "save_pretrained"):
+            # open_clip's local-dir loader reads an HF tokenizer from the checkpoint folder itself.
+            bundle.tokenizer.save_pretrained(str(out))
         write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": bundle.info["model_cfg"],
                                             "preprocess_cfg": bundle.info["preprocess_cfg"]})
     meta = {"model_id": bundle.model_id, "arf_version": __version__, "info": bundle.info}

@@ -63,6 +63,13 @@ def _mini(device: str | torch.device) -> ClipBundle:
     return load_mini_clip(device=device)
 
 
+@ARF_MODELS.register("mini-clip-towers")
+def _mini_towers(device: str | torch.device) -> ClipBundle:
+    from arf.models.mini_clip import mini_clip_towers
+
+    return mini_clip_towers(device=device)
+
+
 def list_models() -> list[str]:
     """Model ids and id patterns ``create_model`` accepts."""
     return [f"arf:{n}" for n in ARF_MODELS.names()] + [PREFIX_HELP[p] for p in ("openclip", "hf")] + [
