@@ -113,3 +113,23 @@ def test_role_averages_from_roles_not_names(tmp_path):
     ]
     avg = role_averages(evaluate(bundle, sets, opts=OPTS))
     assert avg == {"ID": 75.0, "OOD avg": 75.0, "zero-shot avg": 75.0}
+
+
+def test_model_tag_reads_training_provenance_not_architecture_seed(tmp_path):
+    import json
+
+    from arf.evaluate import model_tag
+
+    ck = tmp_path / "run" / "final"
+    ck.mkdir(parents=True)
+    (ck / "arf.json").write_text(json.dumps({"model_id": "arf:tiny-clip", "info": {"seed": 7},
+                                             "train": {"method": "lpft", "seed": 2, "config_hash": "abc"}}))
+    tag = model_tag(str(ck))
+    assert (tag.method, tag.seed, tag.config_hash) == ("lpft", 2, "abc")
+    assert tag.model == str(ck.resolve())
+    assert model_tag(str(ck), method="x", seed=9).method == "x"
+    # a run config beside the checkpoint is used when arf.json has no provenance
+    (ck / "arf.json").write_text(json.dumps({"model_id": "m", "info": {"seed": 7}}))
+    (tmp_path / "run" / "config.yaml").write_text("method: flyp\nseed: 4\n")
+    assert (model_tag(str(ck)).method, model_tag(str(ck)).seed) == ("flyp", 4)
+    assert model_tag("arf:tiny-clip") == ModelTag("arf:tiny-clip", "zeroshot")

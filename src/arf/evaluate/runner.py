@@ -167,18 +167,16 @@ def evaluate(
     return records
 
 
-def _find_key(d: Any, key: str, depth: int = 2) -> Any:
-    """``d[key]`` at the top level, else in a nested mapping (configs nest e.g. ``train.seed``)."""
+def _meta_sources(d: Any) -> list[dict[str, Any]]:
+    """Where a method/seed may be recorded: the top level and the ``train`` section (arf.json, config.yaml).
+
+    ``info`` is deliberately not searched: it describes the architecture (a base model's own init seed lives
+    there), not the training run.
+    """
     if not isinstance(d, dict):
-        return None
-    if key in d:
-        return d[key]
-    if depth > 0:
-        for v in d.values():
-            found = _find_key(v, key, depth - 1)
-            if found is not None:
-                return found
-    return None
+        return []
+    train = d.get("train")
+    return [d, train] if isinstance(train, dict) else [d]
 
 
 def model_tag(spec: str, method: str | None = None, seed: int | None = None) -> ModelTag:
@@ -196,16 +194,15 @@ def model_tag(spec: str, method: str | None = None, seed: int | None = None) -> 
         d = p if p.is_dir() else p.parent
         sources: list[dict[str, Any]] = []
         if (d / "arf.json").is_file():
-            sources.append(read_json(d / "arf.json"))
+            sources += _meta_sources(read_json(d / "arf.json"))
         for parent in (d, d.parent, d.parent.parent):
             if (parent / "config.yaml").is_file():
                 loaded = yaml.safe_load((parent / "config.yaml").read_text())
-                if isinstance(loaded, dict):
-                    sources.append(loaded)
+                sources += _meta_sources(loaded)
                 break
         for key in ("method", "seed", "config_hash"):
             for src in sources:
-                v = _find_key(src, key)
+                v = src.get(key)
                 if v is not None:
                     found[key] = v
                     break
