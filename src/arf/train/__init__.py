@@ -1,0 +1,13 @@
+"""Training: one trainer for every method (zeroshot, lp, ft, lpft, flyp, arf), DDP, exact resume.
+
+``train(TrainConfig) -> run_dir``; see :mod:`arf.train.loop` for the run folder layout and
+:mod:`arf.train.losses` for the loss definitions.
+"""
+
+from arf.train.config import METHOD_NAMES, TrainConfig
+from arf.train.loop import TrainingDiverged, train
+from arf.train.losses import classification_loss, contrastive_loss
+from arf.train.methods import METHODS
+
+__all__ = ["METHODS", "METHOD_NAMES", "TrainConfig", "TrainingDiverged", "classification_loss",
+           "contrastive_loss", "train"]

@@ -1,0 +1,161 @@
+"""``TrainConfig``: one dataclass for every method, loaded with :func:`arf.config.load_config`.
+
+``validate()`` runs before any model or image is loaded, so a typo in a long config fails in a second with one
+:class:`ConfigError` naming the field and what it may be. Checks that need the data (batch larger than the
+finetuning set, an anchor file retrieved for another set/model) are in :func:`check_against_data`, still before
+the first forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from arf.config import check
+from arf.errors import ConfigError
+
+METHOD_NAMES = ("zeroshot", "lp", "ft", "lpft", "flyp", "arf")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; defaults are the offline-benchmark CPU scale."""
+
+    method: str = "flyp"
+    model: str = "arf:mini-clip"
+    # Finetuning data: the set ``train_set`` of the suite ``suite`` (read from ``data_root``, default $ARF_DATA).
+    suite: str = "offline"
+    train_set: str = "train"
+    data_root: str | None = None
+    # Run folder = out_dir/name (name defaults to the method).
+    out_dir: str = "runs"
+    name: str | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    # Length: ``epochs`` over the finetuning set, or ``max_steps`` optimizer steps when set (it wins).
+    epochs: float = 1.0
+    max_steps: int | None = None
+    # Global batch per optimizer step (all ranks, all accumulation micro-steps together).
+    batch_size: int = 64
+    accum_steps: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+
+    # lp / lpft: the linear-probe phase (head only, frozen encoder) has its own length and learning rate.
+    lp_epochs: float = 1.0
+    lp_lr: float = 1e-3
+    # Encode the finetuning set once when the image tower is frozen and nothing is augmented (lp, lpft's lp phase).
+    cache_features: bool = True
+
+    # Parts kept frozen (CPU budgets): the first N image blocks (and the stem before them), the text tower.
+    freeze_image_blocks: int = 0
+    freeze_text: bool = False
+    # Random train-time augmentation (the model's ``preprocess_train``) or the eval transform.
+    augment: bool = False
+
+    # Contrastive batches: a class appearing twice in a batch is a positive for both images
+    # ("multi_positive", our default) or a negative as in FLYP's code ("ignore").
+    duplicates: Literal["multi_positive", "ignore"] = "multi_positive"
+
+    # ARF anchors: captions parquet (image_id, path, caption, captioner) and retrieved-anchor parquet
+    # (pool_id, path, text, score, query_class) with its JSON sidecar.
+    captions: str | None = None
+    anchors: str | None = None
+    anchor_root: str | None = None  # base folder for relative anchor paths (default: the finetuning data root)
+    lambda_cap: float = 0.0
+    lambda_ret: float = 0.0
+    anchor_batch_size: int = 64
+
+    num_workers: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        check(self.method in METHOD_NAMES, "method", f"unknown method {self.method!r}; choose from "
+              + ", ".join(METHOD_NAMES))
+        for name in ("lr", "lp_lr", "weight_decay", "min_lr", "grad_clip", "lambda_cap", "lambda_ret", "epochs",
+                     "lp_epochs"):
+            value = getattr(self, name)
+            check(value >= 0, name, f"must be >= 0, got {value}")
+        check(self.lr > 0 or self.method == "zeroshot", "lr", f"must be > 0, got {self.lr}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.accum_steps >= 1, "accum_steps", f"must be >= 1, got {self.accum_steps}")
+        check(self.batch_size % self.accum_steps == 0, "batch_size",
+              f"{self.batch_size} is not divisible by accum_steps={self.accum_steps}")
+        check(self.anchor_batch_size >= 1, "anchor_batch_size", f"must be >= 1, got {self.anchor_batch_size}")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(self.freeze_image_blocks >= 0, "freeze_image_blocks", f"must be >= 0, got {self.freeze_image_blocks}")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "must be in [0, 1)")
+        check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+              f"{self.device!r} is not allowed; choose from auto, cpu, cuda, cuda:N")
+        if self.method == "arf":
+            check(self.lambda_cap > 0 or self.lambda_ret > 0, "lambda_cap/lambda_ret",
+                  "method arf needs lambda_cap > 0 or lambda_ret > 0 (with both 0 it is flyp; use method: flyp)")
+        else:
+            check(self.lambda_cap == 0 and self.lambda_ret == 0, "lambda_cap/lambda_ret",
+                  f"anchor losses are only used by method arf, not {self.method}; set them to 0")
+        if self.lambda_cap > 0:
+            _check_file(self.captions, "captions", "lambda_cap > 0 needs a captions parquet (`arf caption`)")
+        if self.lambda_ret > 0:
+            _check_file(self.anchors, "anchors", "lambda_ret > 0 needs an anchor set (`arf retrieve`)")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.method
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir).expanduser() / self.run_name
+
+
+def anchor_parquet(path: str | Path) -> Path:
+    """An anchor set given as its folder or its parquet file -> the parquet path."""
+    p = Path(path).expanduser()
+    return p / "anchors.parquet" if p.is_dir() else p
+
+
+def _check_file(path: str | None, field: str, why: str) -> None:
+    if not path:
+        raise ConfigError(f"{field}: not set; {why}")
+    p = anchor_parquet(path) if field == "anchors" else Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{field}: file not found: {p}; {why}")
+    if field == "anchors" and not p.with_suffix(".json").is_file() and not p.with_name("anchors.json").is_file():
+        raise ConfigError(f"anchors: {p} has no JSON sidecar (anchors.json) naming the pool, model and set it was "
+                          "retrieved for")
+
+
+def check_against_data(cfg: TrainConfig, n_train: int, world_size: int, set_name: str, model_id: str,
+                       anchor_meta: dict[str, Any] | None) -> None:
+    """Checks that need the loaded set and model but no forward pass."""
+    check(cfg.batch_size <= n_train or cfg.method == "zeroshot", "batch_size",
+          f"{cfg.batch_size} is larger than the finetuning set {set_name!r} ({n_train} images)")
+    micro = cfg.batch_size // cfg.accum_steps
+    check(micro % world_size == 0, "batch_size",
+          f"the micro-batch {micro} (batch_size / accum_steps) is not divisible by the {world_size} processes")
+    if anchor_meta is not None:
+        got_set = anchor_meta.get("finetune_set")
+        got_model = anchor_meta.get("model")
+        if got_set is not None and got_set != set_name:
+            raise ConfigError(f"anchors: {cfg.anchors} were retrieved for the set {got_set!r}, not the finetuning "
+                              f"set {set_name!r}; retrieve anchors for {set_name!r}")
+        if got_model is not None and got_model != model_id:
+            raise ConfigError(f"anchors: {cfg.anchors} were retrieved with model {got_model!r}, not {model_id!r}; "
+                              f"retrieve anchors with {model_id!r}")

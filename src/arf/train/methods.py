@@ -1,0 +1,308 @@
+"""Finetuning methods: ``zeroshot``, ``lp``, ``ft``, ``lpft``, ``flyp``, ``arf`` (one registry, one trainer).
+
+A method decides which parameters train in which phase, what a step's forward pass encodes and which losses it
+returns (a dict of named rank losses plus ``loss``, their weighted sum). Everything trainable lives in one
+:class:`TrainModule` (the CLIP model and, for ``lp``/``ft``/``lpft``, a linear head) whose ``forward`` does all
+encoding of a step in at most one image pass and one text pass, so DDP sees every parameter used in its forward.
+
+``arf``: the finetuning images are encoded once and serve both FLYP's class-prompt loss and the caption loss; the
+anchor images ride in the same image pass (concatenated), and class prompts, captions and anchor texts in the
+same text pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arf.data import LabeledSet
+from arf.registry import Registry
+from arf.train.config import TrainConfig
+from arf.train.data import Anchors
+from arf.train.losses import classification_loss, contrastive_loss, text_groups
+
+log = logging.getLogger(__name__)
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+# Module names of an image tower's stem (before its first block), for ``freeze_image_blocks``: open_clip ViT,
+# timm trunks and lukemelas-style EfficientNets.
+_STEM = re.compile(r"(^|\.)(conv1|class_embedding|positional_embedding|ln_pre|conv_stem|_conv_stem|bn1|_bn0|"
+                   r"patch_embed|cls_token|pos_embed|stem)(\.|$)")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "lp" (head only, frozen encoder) or "train"
+    start: int
+    steps: int
+    lr: float
+
+
+class TrainModule(nn.Module):
+    """The model being finetuned plus an optional linear head over normalised image features."""
+
+    def __init__(self, model: nn.Module, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, images: torch.Tensor | None = None, texts: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if images is not None:
+            out["image"] = F.normalize(self.model.encode_image(images), dim=-1)
+        if features is not None:  # cached encoder output (frozen image tower)
+            out["image"] = F.normalize(features, dim=-1)
+        if texts is not None:
+            out["text"] = F.normalize(self.model.encode_text(texts), dim=-1)
+        if self.head is not None and "image" in out:
+            out["logits"] = self.head(out["image"])
+        else:
+            out["scale"] = self.model.logit_scale.exp()
+        return out
+
+
+def image_param_names(model: nn.Module) -> set[str]:
+    return {n for n, _ in model.named_parameters() if n.startswith(("visual.", "vision", "image"))}
+
+
+def image_blocks(model: nn.Module) -> list[str]:
+    """Name prefixes of the image tower's blocks, in order (the longest ModuleList/Sequential under ``visual``)."""
+    best: list[str] = []
+    for name, mod in model.named_modules():
+        if not name.startswith("visual") or not isinstance(mod, (nn.ModuleList, nn.Sequential)):
+            continue
+        kids = [f"{name}.{k}" for k, _ in mod.named_children()]
+        if len(kids) > len(best):
+            best = kids
+    return best
+
+
+class Method:
+    """Base: a contrastive method over the CLIP model (no head)."""
+
+    name = "base"
+    has_head = False
+    trains = True
+
+    def __init__(self, cfg: TrainConfig, bundle: Any, ds: LabeledSet, captions: list[str | None] | None = None,
+                 anchors: Anchors | None = None) -> None:
+        self.cfg = cfg
+        self.bundle = bundle
+        self.ds = ds
+        self.captions = captions
+        self.anchors = anchors
+        self.module = TrainModule(bundle.model, self.build_head() if self.has_head else None)
+        self.features: torch.Tensor | None = None  # cached image features for the lp phase
+
+    # -- structure ----------------------------------------------------------------------------------------------
+    def build_head(self) -> nn.Linear:
+        """A linear head initialised from the zero-shot text classifier (WiSE-FT): logits start as CLIP's."""
+        from open_clip import build_zero_shot_classifier
+
+        model = self.bundle.model
+        fill = [lambda c, t=t: t.replace("{c}", "{}").format(c) for t in self.ds.templates]
+        was = model.training
+        model.eval()
+        dev = next(model.parameters()).device
+        emb = build_zero_shot_classifier(model, self.bundle.tokenizer, self.ds.classnames, fill,
+                                         num_classes_per_batch=10, device=dev, use_tqdm=False)
+        model.train(was)
+        head = nn.Linear(emb.shape[0], emb.shape[1])
+        with torch.no_grad():
+            head.weight.copy_(emb.T.float() * model.logit_scale.exp().float())
+            head.bias.zero_()
+        return head.to(dev)
+
+    def phases(self, steps_per_epoch: int) -> list[Phase]:
+        cfg = self.cfg
+        n = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        return [Phase("train", 0, n, cfg.lr)]
+
+    def set_trainable(self, phase: Phase) -> None:
+        """Freeze what this method and the config keep fixed in ``phase``."""
+        cfg = self.cfg
+        model = self.module.model
+        img = image_param_names(model)
+        all_blocks = image_blocks(model)
+        blocks = all_blocks[: cfg.freeze_image_blocks]
+        if cfg.freeze_image_blocks > len(all_blocks):
+            log.warning("freeze_image_blocks=%d but the image tower has %d blocks; freezing all of them",
+                        cfg.freeze_image_blocks, len(all_blocks))
+
+        def frozen_image_param(name: str) -> bool:
+            if any(name.startswith(b + ".") for b in blocks):
+                return True
+            # The stem feeds the first block: frozen with it (a name inside a later block is not stem).
+            in_block = any(name.startswith(b + ".") for b in all_blocks)
+            return not in_block and bool(_STEM.search(name))
+
+        for name, p in model.named_parameters():
+            train = phase.name != "lp"
+            if name in img:
+                if cfg.freeze_image_blocks and frozen_image_param(name):
+                    train = False
+            elif name.startswith("logit_"):
+                train = train and not self.has_head  # a head carries its own scale
+            elif self.has_head or cfg.freeze_text:
+                train = False  # ft/lp: text tower unused after building the head
+            p.requires_grad_(train)
+        if self.module.head is not None:
+            self.module.head.requires_grad_(True)
+
+    def freeze_norm_stats(self) -> None:
+        """Batch-norm layers whose parameters are frozen keep their running statistics too."""
+        for m in self.module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+
+    def uses_cached_features(self, phase: Phase) -> bool:
+        return phase.name == "lp" and self.cfg.cache_features and not self.cfg.augment
+
+    def needs(self, phase: Phase) -> tuple[bool, bool]:
+        """(load finetuning pixels, load anchors) for a step of ``phase``."""
+        return (not self.uses_cached_features(phase), self.cfg.lambda_ret > 0)
+
+    # -- losses ---------------------------------------------------------------------------------------------------
+    def prompts(self, labels: torch.Tensor, indices: torch.Tensor, step: int) -> list[str]:
+        """One class prompt per image, its template drawn per (seed, step, image): FLYP samples templates."""
+        t = self.ds.templates
+        out = []
+        for y, i in zip(labels.tolist(), indices.tolist(), strict=True):
+            k = int(np.random.default_rng([self.cfg.seed, 2, step, i]).integers(len(t)))
+            out.append(t[k].replace("{c}", "{}").format(self.ds.classnames[y]))
+        return out
+
+    def losses(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int, phase: Phase
+               ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+@METHODS.register("zeroshot")
+class ZeroShot(Method):
+    """No training: the base model is the final model."""
+
+    name = "zeroshot"
+    trains = False
+
+
+@METHODS.register("ft")
+class FineTune(Method):
+    """End-to-end cross-entropy through the image tower and a zero-shot-initialised head (WiSE-FT's ft)."""
+
+    name = "ft"
+    has_head = True
+
+    def losses(self, module, batch, step, phase):
+        dev = batch["labels"].device
+        if self.uses_cached_features(phase):
+            assert self.features is not None
+            out = module(features=self.features[batch["indices"].cpu()].to(dev))
+        else:
+            out = module(images=batch["images"])
+        ce = classification_loss(out["logits"], batch["labels"])
+        return {"ce_loss": ce, "loss": ce}
+
+
+@METHODS.register("lp")
+class LinearProbe(FineTune):
+    """Only the head trains, on frozen image features (cached when nothing is augmented)."""
+
+    name = "lp"
+
+    def phases(self, steps_per_epoch):
+        cfg = self.cfg
+        n = cfg.max_steps or max(1, math.ceil(cfg.lp_epochs * steps_per_epoch))
+        return [Phase("lp", 0, n, cfg.lp_lr)]
+
+
+@METHODS.register("lpft")
+class LpFt(FineTune):
+    """Linear probe for ``lp_epochs``, then end-to-end ft from the probed head (Kumar et al.)."""
+
+    name = "lpft"
+
+    def phases(self, steps_per_epoch):
+        cfg = self.cfg
+        n_lp = max(1, math.ceil(cfg.lp_epochs * steps_per_epoch))
+        n_ft = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        if cfg.max_steps:
+            n_lp = min(n_lp, cfg.max_steps - 1) if cfg.max_steps > 1 else cfg.max_steps
+            n_ft = cfg.max_steps - n_lp
+        phases = [Phase("lp", 0, n_lp, cfg.lp_lr)]
+        if n_ft > 0:
+            phases.append(Phase("train", n_lp, n_ft, cfg.lr))
+        return phases
+
+
+@METHODS.register("flyp")
+class Flyp(Method):
+    """FLYP: contrastive loss between images and class prompts, both towers trained."""
+
+    name = "flyp"
+
+    def texts(self, batch, step) -> tuple[list[str], list[int]]:
+        """Texts for the single text pass, and how many of each kind (prompts, captions, anchor texts)."""
+        p = self.prompts(batch["labels"], batch["indices"], step)
+        return p, [len(p), 0, 0]
+
+    def losses(self, module, batch, step, phase):
+        cfg = self.cfg
+        texts, sizes = self.texts(batch, step)
+        images = batch["images"]
+        n_img = images.shape[0]
+        if "anchor_images" in batch:
+            images = torch.cat([images, batch["anchor_images"].to(images.dtype)])
+        dev = images.device
+        tokens = self.bundle.tokenizer(texts).to(dev)
+        out = module(images=images, texts=tokens)
+        img, txt, scale = out["image"], out["text"], out["scale"]
+        t_prompt, t_cap, t_anchor = torch.split(txt, sizes)
+        labels = batch["labels"].to(dev)
+        groups = labels if cfg.duplicates == "multi_positive" else None
+        clip = contrastive_loss(img[:n_img], t_prompt, scale, groups, cfg.duplicates)
+        result = {"clip_loss": clip}
+        total = clip
+        if cfg.lambda_cap > 0:
+            has = batch["has_caption"].to(dev)
+            caps = texts[sizes[0]:sizes[0] + sizes[1]]
+            cap = contrastive_loss(img[:n_img][has], t_cap, scale, text_groups(caps).to(dev), cfg.duplicates)
+            result["caption_loss"] = cap
+            total = total + cfg.lambda_cap * cap
+        if cfg.lambda_ret > 0:
+            atexts = texts[sizes[0] + sizes[1]:]
+            anc = contrastive_loss(img[n_img:], t_anchor, scale, text_groups(atexts).to(dev), cfg.duplicates)
+            result["anchor_loss"] = anc
+            total = total + cfg.lambda_ret * anc
+        result["loss"] = total
+        return result
+
+
+@METHODS.register("arf")
+class Arf(Flyp):
+    """ARF: FLYP + λ_cap · contrastive(image, its caption) + λ_ret · contrastive(retrieved image, its text)."""
+
+    name = "arf"
+
+    def texts(self, batch, step):
+        prompts = self.prompts(batch["labels"], batch["indices"], step)
+        caps: list[str] = []
+        if self.cfg.lambda_cap > 0:
+            assert self.captions is not None
+            row = [self.captions[i] for i in batch["indices"].tolist()]
+            batch["has_caption"] = torch.tensor([c is not None for c in row], dtype=torch.bool)
+            caps = [c for c in row if c is not None]
+        anchor_texts: list[str] = []
+        if self.cfg.lambda_ret > 0 and "anchor_indices" in batch:
+            assert self.anchors is not None
+            anchor_texts = [self.anchors.texts[i] for i in batch["anchor_indices"].tolist()]
+        return prompts + caps + anchor_texts, [len(prompts), len(caps), len(anchor_texts)]

@@ -1,0 +1,79 @@
+"""Shared by tests/test_train_*.py: a tiny offline-style benchmark on disk, captions and anchors for it.
+
+Class ``k`` is a noisy solid image of colour ``COLORS[k]`` (16 px); the benchmark folder has the layout of
+docs/DATA.md (manifest.json, train.parquet, classnames/train.json), read through ``arf.data.get_suite``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)]
+NAMES = ["red", "green", "blue", "yellow"]
+TEMPLATES = ["a photo of a {}.", "a {} thing.", "art of the {}."]
+
+
+def _img(path: Path, color: tuple[int, int, int], rng: np.random.Generator) -> None:
+    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_benchmark(root: Path, per_class: int = 6, n_pool: int = 12, seed: int = 0) -> Path:
+    """Write the benchmark under ``root``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths, labels = [], []
+    for k in range(len(NAMES)):
+        for i in range(per_class):
+            rel = f"images/train/{NAMES[k]}_{i}.png"
+            _img(root / rel, COLORS[k], rng)
+            paths.append(rel)
+            labels.append(k)
+    pq.write_table(pa.table({"path": paths, "label": labels, "classname": [NAMES[y] for y in labels],
+                             "family": ["solid"] * len(paths), "sha256": [""] * len(paths)}), root / "train.parquet")
+    (root / "classnames").mkdir(exist_ok=True)
+    (root / "classnames" / "train.json").write_text(json.dumps(NAMES))
+    pool_paths, pool_texts = [], []
+    for j in range(n_pool):
+        k = j % len(NAMES)
+        rel = f"images/pool/p{j}.png"
+        _img(root / rel, COLORS[k], rng)
+        pool_paths.append(rel)
+        pool_texts.append(f"a {NAMES[k]} object number {j}")
+    pq.write_table(pa.table({"path": pool_paths, "text": pool_texts}), root / "pool.parquet")
+    manifest = {"version": "test", "sets": {"train": {"role": "train", "file": "train.parquet",
+                                                      "classnames": "classnames/train.json",
+                                                      "templates": TEMPLATES, "reference": "offline-train"}}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def make_captions(root: Path, missing: int = 0) -> Path:
+    """captions.parquet for the train set; the first ``missing`` images get no caption."""
+    t = pq.read_table(root / "train.parquet").to_pydict()
+    ids = t["path"][missing:]
+    caps = [f"a picture of something {NAMES[y]} and round" for y in t["label"][missing:]]
+    out = root / "captions.parquet"
+    pq.write_table(pa.table({"image_id": ids, "path": [str(root / p) for p in ids], "caption": caps,
+                             "captioner": ["test"] * len(ids)}), out)
+    return out
+
+
+def make_anchors(root: Path, model_id: str = "arf:tiny-clip", set_name: str = "train") -> Path:
+    """An anchor set (every pool item) with its sidecar; returns the folder."""
+    pool = pq.read_table(root / "pool.parquet").to_pydict()
+    d = root / "anchors"
+    d.mkdir(exist_ok=True)
+    n = len(pool["path"])
+    pq.write_table(pa.table({"pool_id": list(range(n)), "path": pool["path"], "text": pool["text"],
+                             "score": [0.5] * n, "query_class": [NAMES[j % len(NAMES)] for j in range(n)]}),
+                   d / "anchors.parquet")
+    (d / "anchors.json").write_text(json.dumps({"pool": "test", "model": model_id, "finetune_set": set_name}))
+    return d
