@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -21,26 +20,10 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), 
 
 
 def tiny_bundle() -> Any:
-    """``arf:tiny-clip`` from the models stage; until that lands, the same kind of tiny random open_clip model."""
-    import torch
+    """``arf:tiny-clip``: tiny, random, the same weights every time, no network."""
+    import arf.models
 
-    torch.manual_seed(0)
-    try:
-        import arf.models
-
-        return arf.models.create_model("arf:tiny-clip", device="cpu")
-    except (AttributeError, ImportError, ConfigError):
-        import open_clip
-
-        model = open_clip.CLIP(
-            embed_dim=32,
-            vision_cfg={"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-            text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-        ).eval()
-        tok = open_clip.tokenizer.SimpleTokenizer(context_length=16)
-        pre = open_clip.image_transform(32, is_train=False)
-        return SimpleNamespace(model=model, tokenizer=tok, preprocess_val=pre, preprocess_train=pre,
-                               model_id="test:tiny-clip", info={})
+    return arf.models.create_model("arf:tiny-clip", device="cpu")
 
 
 def make_image(path: Path, colour: str, variant: int = 0, size: int = 40) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from arf.anchors.config import PoolConfig
 from arf.anchors.encode import encode_pils, encode_texts
@@ -114,16 +113,12 @@ def test_other_model_or_source_in_the_same_folder_is_refused(tmp_path: Path) -> 
         embed_pool(_cfg(src, tmp_path / "emb", dtype="float32"), bundle)
 
 
-def test_cli_pool_embed_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import arf.anchors.encode as enc
+def test_cli_pool_embed_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from arf.cli import main
 
     src = make_pool(tmp_path / "pool", n_per_class=4)
-    bundle = tiny_bundle()
-    monkeypatch.setattr(enc, "load_bundle", lambda model, device="cpu": bundle)  # no arf:mini-clip here
     assert main(["pool", "embed", "--source", str(src), "--out", str(tmp_path / "emb"), "--shard-size", "5",
-                 "--set", "progress=false"]) == 0
+                 "--model", "arf:tiny-clip", "--set", "progress=false"]) == 0
     assert "complete" in capsys.readouterr().out
     assert main(["pool", "index", "--emb", str(tmp_path / "emb")]) == 0
     out = capsys.readouterr().out
@@ -132,5 +127,4 @@ def test_cli_pool_embed_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert infos["kind"] == "flat" and infos["n"] == 16
     assert main(["pool", "embed", "--source", str(src), "--out", "x", "--shard-size", "0"]) == 2
     assert "shard_size" in capsys.readouterr().err
-    torch.set_num_threads(2)
     assert pq.read_table(tmp_path / "emb" / "metadata" / "metadata_00000.parquet").num_rows == 5

@@ -95,7 +95,11 @@ def build_index(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = No
     t0 = time.perf_counter()
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        nlist = faiss.extract_index_ivf(index).nlist
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        if hasattr(ivf, "do_polysemous_training"):
+            # The factory turns on polysemous code reordering (minutes of annealing); we never search in Hamming.
+            ivf.do_polysemous_training = False
+        nlist = ivf.nlist
         n_train = min(n, max(256 * nlist, 10_000))
         index.train(x[rng.choice(n, n_train, replace=False)] if n_train < n else x)
     index.add(x)
