@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     opts = _options(args)
     sets = load_sets(args.suite, args.data_root)
     bundle = create_model(args.model, device=opts.device)
-    head = load_trained_head(args.model) if Path(args.model).is_dir() else None
+    head = load_trained_head(args.model) if Path(args.model).exists() else None
     tag = model_tag(args.model, method=args.method, seed=args.seed)
     records = evaluate(bundle, sets, head, tag=tag, opts=opts)
     print(f"{tag.model} ({tag.method}{'' if tag.seed is None else f', seed {tag.seed}'})")

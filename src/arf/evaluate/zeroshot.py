@@ -165,10 +165,13 @@ def head_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def load_trained_head(checkpoint_dir: str | Path) -> Head | None:
-    """The trained head saved in ``checkpoint_dir`` (``head.safetensors`` + class names in ``arf.json``), or None."""
+    """The trained head saved in ``checkpoint_dir`` (``head.safetensors`` + class names in ``arf.json``), or None
+    (also for model ids such as ``arf:mini-clip``, which are not folders)."""
     from safetensors.torch import load_file
 
     d = Path(checkpoint_dir)
+    if d.is_file():  # a weights file inside a checkpoint folder
+        d = d.parent
     if not d.is_dir() or not (d / HEAD_FILE).is_file():
         return None
     meta_path = d / META_FILE
