@@ -69,8 +69,9 @@ def test_eval_prints_table_and_appends_records(bench, tmp_path, capsys):
     assert {r.set for r in recs} == {"idv", "sh", "zs"}  # role train skipped
     assert {(r.set, r.metric) for r in recs} >= {("zs", "top5"), ("idv", "top1")}
     assert all(r.method == "zeroshot" and r.n > 0 and 0 <= r.value <= 100 for r in recs)
+    # a second run finds every set recorded for these weights and evaluates nothing
     assert main(args) == 0
-    assert len(read_records(out)) == 2 * len(recs)
+    assert read_records(out) == recs
 
 
 def test_eval_checkpoint_reads_method_seed_and_head(bench, finetuned, tmp_path):
@@ -103,6 +104,13 @@ def test_wise_writes_checkpoints_and_records_then_report(bench, finetuned, tmp_p
     recs = read_records(out / "records.jsonl")
     assert sorted({r.alpha for r in recs}) == [0.0, 0.5, 1.0]
     assert all(r.method == "ft" for r in recs)
+    assert len({r.config_hash for r in recs if r.set == "zs"}) == 3  # weights differ per alpha
+    # resume: nothing is evaluated or written again
+    mtime = (out / "alpha_0.500" / "open_clip_model.safetensors").stat().st_mtime_ns
+    assert main(["wise", "--zeroshot", "arf:tiny-clip", "--finetuned", str(finetuned), "--alphas", "0:1:0.5",
+                 "--out", str(out), "--eval", "offline", "--data-root", str(bench), "--no-progress"]) == 0
+    assert read_records(out / "records.jsonl") == recs
+    assert (out / "alpha_0.500" / "open_clip_model.safetensors").stat().st_mtime_ns == mtime
 
     rep = tmp_path / "rep"
     assert main(["report", str(out), "--out", str(rep)]) == 0

@@ -133,3 +133,23 @@ def test_model_tag_reads_training_provenance_not_architecture_seed(tmp_path):
     (tmp_path / "run" / "config.yaml").write_text("method: flyp\nseed: 4\n")
     assert (model_tag(str(ck)).method, model_tag(str(ck)).seed) == ("flyp", 4)
     assert model_tag("arf:tiny-clip") == ModelTag("arf:tiny-clip", "zeroshot")
+
+
+def test_records_identify_weights_and_sets_and_skip_done(tmp_path):
+    from arf.evaluate import evaluate_to_file, read_records
+
+    bundle = OracleBundle(NAMES)
+    sets = [make_set(tmp_path, "a", "id", [0, 1]), make_set(tmp_path, "b", "shift", [0, 1], wrong=1)]
+    out = tmp_path / "r.jsonl"
+    first = evaluate_to_file(bundle, sets, None, out, opts=OPTS)
+    assert len({r.config_hash for r in first}) == 2
+    assert evaluate_to_file(bundle, sets, None, out, opts=OPTS) == first
+    assert read_records(out) == first
+    # changed weights (even with the same model id) or changed labels → evaluated again
+    with torch.no_grad():
+        bundle.model.proj.weight.add_(1.0)
+    again = evaluate_to_file(bundle, sets[:1], None, out, opts=OPTS)
+    assert again[0].config_hash != first[0].config_hash and len(read_records(out)) == 3
+    relabelled = make_set(tmp_path, "a", "id", [0, 1], wrong=1)
+    third = evaluate_to_file(bundle, [relabelled], None, out, opts=OPTS)
+    assert third[0].value == 75.0 and len(read_records(out)) == 4

@@ -96,7 +96,7 @@ def format_records(records: list[Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from arf.evaluate import append_records, evaluate, load_trained_head, model_tag
+    from arf.evaluate import evaluate, evaluate_to_file, load_trained_head, model_tag
     from arf.models import create_model
 
     opts = _options(args)
@@ -104,12 +104,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bundle = create_model(args.model, device=opts.device)
     head = load_trained_head(args.model) if Path(args.model).exists() else None
     tag = model_tag(args.model, method=args.method, seed=args.seed)
-    records = evaluate(bundle, sets, head, tag=tag, opts=opts)
+    if args.out:
+        records = evaluate_to_file(bundle, sets, head, args.out, tag=tag, opts=opts)
+    else:
+        records = evaluate(bundle, sets, head, tag=tag, opts=opts)
     print(f"{tag.model} ({tag.method}{'' if tag.seed is None else f', seed {tag.seed}'})")
     print(format_records(records))
     if args.out:
-        append_records(args.out, records)
-        print(f"records appended to {args.out}")
+        print(f"records in {args.out} (sets already recorded for these weights were not evaluated again)")
     return 0
 
 

@@ -10,7 +10,17 @@ interpolate(theta0, theta1, 0.5)                            # pure, on state dic
 """
 
 from arf.evaluate.records import AVERAGES, Record, append_records, dedupe, read_records, role_averages
-from arf.evaluate.runner import EvalOptions, ModelTag, encode_set, evaluate, label_groups, model_tag, topk_correct
+from arf.evaluate.runner import (
+    EvalOptions,
+    ModelTag,
+    encode_set,
+    evaluate,
+    evaluate_to_file,
+    label_groups,
+    model_tag,
+    set_fingerprint,
+    topk_correct,
+)
 from arf.evaluate.wise import interpolate, interpolate_heads, parse_alphas, wise_points, wise_sweep
 from arf.evaluate.zeroshot import Head, HeadCache, load_trained_head, save_head, zeroshot_head
 
@@ -25,6 +35,7 @@ __all__ = [
     "dedupe",
     "encode_set",
     "evaluate",
+    "evaluate_to_file",
     "interpolate",
     "interpolate_heads",
     "label_groups",
@@ -34,6 +45,7 @@ __all__ = [
     "read_records",
     "role_averages",
     "save_head",
+    "set_fingerprint",
     "topk_correct",
     "wise_points",
     "wise_sweep",

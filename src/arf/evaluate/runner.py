@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from arf.config import config_hash
-from arf.evaluate.records import Record
-from arf.evaluate.zeroshot import Head, HeadCache, zeroshot_head
+from arf.evaluate.records import Record, append_records, read_records
+from arf.evaluate.zeroshot import Head, HeadCache, tensor_fingerprint, weights_fingerprint, zeroshot_head
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,15 @@ def metrics_for(num_classes: int) -> dict[str, int]:
     return {"top1": 1, "top5": 5} if num_classes > 5 else {"top1": 1}
 
 
+def set_fingerprint(ds: Any) -> str:
+    """Everything about a set that changes its numbers: images, labels, label space, templates, mask, map."""
+    label_map = getattr(ds, "label_map", None)
+    return config_hash(ds.name, ds.role, list(ds.classnames), list(ds.templates), list(ds.paths),
+                       [int(x) for x in ds.labels], getattr(ds, "class_mask", None),
+                       None if label_map is None else {str(k): v for k, v in sorted(label_map.items())},
+                       getattr(ds, "reference", None))
+
+
 def evaluate(
     bundle: Any,
     sets: Iterable[Any],
@@ -129,32 +139,44 @@ def evaluate(
     tag: ModelTag | None = None,
     opts: EvalOptions | None = None,
     cache: HeadCache | None = None,
+    done: Iterable[Record] | None = None,
 ) -> list[Record]:
     """Top-1 (and top-5 where classes > 5) of ``bundle`` on each set whose role is in ``opts.roles``.
 
     ``head``: a trained head (e.g. from :func:`arf.evaluate.load_trained_head`), used for the sets in its label
     space; every other set gets the model's zero-shot head built from the set's class names and templates.
-    Values are percentages.
+    Values are percentages. Each record's ``config_hash`` identifies the weights, the head and the set's
+    content; sets whose records are already in ``done`` (same hash) are not evaluated again — their records
+    from ``done`` are returned instead.
     """
     opts = opts or EvalOptions()
     tag = tag or ModelTag(model=str(getattr(bundle, "model_id", "model")))
+    previous: dict[str, list[Record]] = {}
+    for r in done or ():
+        if r.model == tag.model and r.method == tag.method and r.alpha == tag.alpha and r.seed == tag.seed:
+            previous.setdefault(r.config_hash, []).append(r)
+    model_fp = weights_fingerprint(bundle.model)
     records: list[Record] = []
     for ds in sets:
         if ds.role not in opts.roles:
             continue
         covered, groups = label_groups(ds, head) if head is not None else (False, None)
-        if covered and head is not None:
-            use_head = head
-        else:
-            use_head = zeroshot_head(bundle, ds.classnames, ds.templates, device=opts.device, cache=cache)
+        trained = head if covered and head is not None else None
+        head_fp = tensor_fingerprint(trained.weight, trained.bias) if trained is not None else "zeroshot"
+        chash = config_hash(tag.config_hash, model_fp, head_fp, groups, set_fingerprint(ds))
+        metrics = metrics_for(len(ds.classnames))
+        old = {r.metric: r for r in previous.get(chash, [])}
+        if set(metrics) <= set(old):
+            log.info("%s on %s: already evaluated (config %s); kept", tag.model, ds.name, chash)
+            records.extend(old[m] for m in metrics)
+            continue
+        use_head = trained or zeroshot_head(bundle, ds.classnames, ds.templates, device=opts.device, cache=cache)
         feats, labels = encode_set(bundle, ds, opts)
         n = int(labels.numel())
         if n == 0:
             log.warning("set %s: no readable images; skipped", ds.name)
             continue
-        metrics = metrics_for(len(ds.classnames))
         correct = topk_correct(use_head.logits(feats), labels, groups, metrics.values())
-        chash = config_hash(tag.config_hash, tag.model, tag.alpha, ds.name, len(ds), use_head.kind, ds.templates)
         for metric, k in metrics.items():
             records.append(
                 Record(
@@ -164,6 +186,20 @@ def evaluate(
             )
         log.info("%s on %s (%s head): top-1 %.2f%% of %d", tag.model, ds.name, use_head.kind,
                  100.0 * correct[1] / n, n)
+    return records
+
+
+def evaluate_to_file(
+    bundle: Any, sets: Iterable[Any], head: Head | None, records_path: str | Path, **kw: Any
+) -> list[Record]:
+    """:func:`evaluate`, skipping sets already recorded in ``records_path`` and appending only new records."""
+    path = Path(records_path)
+    done = read_records(path) if path.is_file() else []
+    records = evaluate(bundle, sets, head, done=done, **kw)
+    seen = {id(r) for r in done}
+    new = [r for r in records if id(r) not in seen]
+    if new:
+        append_records(path, new)
     return records
 
 
@@ -182,8 +218,6 @@ def _meta_sources(d: Any) -> list[dict[str, Any]]:
 def model_tag(spec: str, method: str | None = None, seed: int | None = None) -> ModelTag:
     """Describe a model for records: method and seed from the checkpoint's ``arf.json`` or its run's
     ``config.yaml`` (two folders up at most), unless given; a model id with neither is ``zeroshot``."""
-    from pathlib import Path
-
     import yaml
 
     from arf.io import read_json

@@ -167,11 +167,11 @@ def wise_sweep(
 ) -> list[Any]:
     """For each α: write ``out_dir/alpha_<α>/`` (a checkpoint loadable by ``create_model``) and/or evaluate ``sets``.
 
-    Returns the evaluation records (also appended to ``records_path`` after each α, so a killed sweep keeps the
-    finished points). Records name the finetuned model and its method, with ``alpha`` set.
+    Returns the evaluation records (also appended to ``records_path`` after each α). Re-running a killed sweep
+    keeps finished checkpoints and skips evaluations already in ``records_path``. Records name the finetuned
+    model and its method, with ``alpha`` set.
     """
-    from arf.evaluate.records import append_records
-    from arf.evaluate.runner import EvalOptions, evaluate, model_tag
+    from arf.evaluate.runner import EvalOptions, evaluate, evaluate_to_file, model_tag
     from arf.evaluate.zeroshot import head_info, load_trained_head, write_head_file
     from arf.models import create_model, save_checkpoint
 
@@ -204,8 +204,8 @@ def wise_sweep(
         if sets is not None:
             tag = type(tag1)(model=tag1.model, method=tag1.method, alpha=point.alpha, seed=tag1.seed,
                              config_hash=tag1.config_hash)
-            recs = evaluate(point.bundle, sets, point.head, tag=tag, opts=opts)
-            records.extend(recs)
             if records_path is not None:
-                append_records(records_path, recs)
+                records.extend(evaluate_to_file(point.bundle, sets, point.head, records_path, tag=tag, opts=opts))
+            else:
+                records.extend(evaluate(point.bundle, sets, point.head, tag=tag, opts=opts))
     return records

@@ -62,17 +62,30 @@ def fill_template(template: str, classname: str) -> str:
     return template.replace("{c}", "{}").format(classname)
 
 
-def text_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of every non-visual tensor: what a zero-shot head depends on (text tower, projection, logit scale).
+def weights_fingerprint(model: torch.nn.Module, text_only: bool = False) -> str:
+    """Hash of a model's tensors (names, dtypes and bytes); ``text_only`` skips the image tower (``visual.*``).
 
-    Hashing the weights, not the model id, keeps the cache right for WiSE-FT models, which share an id.
+    Evaluations and zero-shot heads are keyed by weights, not model ids: WiSE-FT models share an id, and a
+    rebuilt base model may not be bit-identical to the one evaluated before.
     """
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
-        if name.startswith("visual.") or ".visual." in name:
+        if text_only and (name.startswith("visual.") or ".visual." in name):
             continue
-        h.update(name.encode())
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def text_fingerprint(model: torch.nn.Module) -> str:
+    """What a zero-shot head depends on: every non-visual tensor (text tower, projection, logit scale)."""
+    return weights_fingerprint(model, text_only=True)
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
