@@ -11,8 +11,8 @@ Strategies (registry ``STRATEGIES``), all scored by cosine similarity in the bas
   an item's class score is its best similarity to one of them. Closer to the finetuning domain, hence less diverse.
 - ``text2text``: the class text query against pool *texts*; relies on the pool captions naming the class.
 
-Selection: candidates are fetched per query (``fetch`` grows ×2 until every class has ``k`` or the pool is
-exhausted); pool items whose image bytes (sha256) or path match a finetuning or excluded (test) image are dropped
+Selection: candidates are fetched per query (``fetch`` starts at 4·k and grows ×2, up to 64·k, until every
+class has ``k``); pool items whose image bytes (sha256) or path match a finetuning or excluded (test) image are dropped
 first; an item found for several classes goes to the class where it scores best (deduplicated across classes); each
 class keeps its top ``k`` above the optional ``floor`` (class-balanced: at most ``k`` each).
 
@@ -136,7 +136,11 @@ def select_anchors(index: Any, x: np.ndarray, queries: Queries, k: int, floor: f
     """Per class, up to ``k`` (pool row, score) pairs, best first; rows deduplicated across classes."""
     n = len(x)
     n_classes = len(queries.per_class)
-    fetch = min(n, 4 * k + int(excluded.sum()))
+    n_excl = int(excluded.sum())
+    fetch = min(n, 4 * k + n_excl)
+    # A class whose pool neighbours all sit closer to other classes stays short; stop widening the search at
+    # 64·k candidates per query instead of scanning a million-item pool.
+    max_fetch = min(n, max(fetch, 64 * k + n_excl))
     while True:
         best: dict[int, tuple[float, int]] = {}   # row -> (score, class)
         per_class: list[dict[int, float]] = []
@@ -160,9 +164,9 @@ def select_anchors(index: Any, x: np.ndarray, queries: Queries, k: int, floor: f
             mine = sorted(((r, s) for r, s in per_class[c].items() if best[r][1] == c), key=lambda t: (-t[1], t[0]))
             out.append(mine[:k])
         short = any(len(o) < k for o in out)
-        if not short or fetch >= n:
+        if not short or fetch >= max_fetch:
             return out
-        fetch = min(n, fetch * 2)
+        fetch = min(max_fetch, fetch * 2)
 
 
 @dataclass
