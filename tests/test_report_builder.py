@@ -120,3 +120,12 @@ def test_collect_errors(tmp_path):
         collect_records([tmp_path / "missing.jsonl"])
     with pytest.raises(InputFileError, match=r"no \*records\*\.jsonl"):
         collect_records([tmp_path])
+
+
+def test_variants_sharing_method_and_seed_are_flagged(caplog):
+    recs = [Record("runs/a", "arf", None, "idset", "id", "top1", 60.0, 10, "h", 0),
+            Record("runs/b", "arf", None, "idset", "id", "top1", 70.0, 10, "h", 0)]
+    with caplog.at_level("WARNING"):
+        row = build_table(recs).rows[0]
+    assert row.cells["ID"].mean == 65.0 and row.cells["ID"].n == 2
+    assert "share a seed" in caplog.text and "runs/a" in caplog.text

@@ -9,6 +9,7 @@ roles, then their mean and sample std are reported.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from arf.evaluate.records import AVERAGES, Record, dedupe, mean_std, role_averages
 from arf.io import atomic_open
+
+log = logging.getLogger(__name__)
 
 ROLE_ORDER = ("val", "id", "shift", "zeroshot")
 
@@ -75,6 +78,13 @@ def summarize(records: Sequence[Record], metric: str) -> dict[str, Cell]:
     for r in records:
         if r.metric == metric:
             reps[(r.seed, r.model)].append(r)
+    seeds = [seed for seed, _ in reps if seed is not None]
+    if len(seeds) != len(set(seeds)):
+        # Two models with one method and one seed are usually variants (an ablation): give them distinct
+        # method names (`arf eval --method arf-cap-only`) or they are averaged as if they were replicates.
+        models = sorted({m for _, m in reps})
+        log.warning("method %s: %d models share a seed and are averaged together: %s", records[0].method,
+                    len(models), ", ".join(models))
     values: dict[str, list[float]] = defaultdict(list)
     for recs in reps.values():
         for r in recs:
