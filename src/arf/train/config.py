@@ -25,9 +25,14 @@ class TrainConfig:
     method: str = "flyp"
     model: str = "arf:mini-clip"
     # Finetuning data: the set ``train_set`` of the suite ``suite`` (read from ``data_root``, default $ARF_DATA).
+    # ``suite: folder`` reads class folders at ``data_root`` (e.g. ImageNet train) with the class names,
+    # templates and folder order given below (asset names such as ``imagenet``, or JSON files).
     suite: str = "offline"
     train_set: str = "train"
     data_root: str | None = None
+    folder_classnames: str | None = None
+    folder_templates: str | None = None
+    folder_order: str | None = None
     # Run folder = out_dir/name (name defaults to the method).
     out_dir: str = "runs"
     name: str | None = None
@@ -111,6 +116,10 @@ class TrainConfig:
         else:
             check(self.lambda_cap == 0 and self.lambda_ret == 0, "lambda_cap/lambda_ret",
                   f"anchor losses are only used by method arf, not {self.method}; set them to 0")
+        if self.suite == "folder":
+            check(bool(self.data_root), "data_root", "suite folder needs data_root (the class-folder root)")
+            check(bool(self.folder_classnames and self.folder_templates), "folder_classnames/folder_templates",
+                  "suite folder needs class names and templates (asset names or JSON files)")
         if self.lambda_cap > 0:
             _check_file(self.captions, "captions", "lambda_cap > 0 needs a captions parquet (`arf caption`)")
         if self.lambda_ret > 0:

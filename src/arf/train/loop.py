@@ -67,11 +67,26 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _json_or_asset(spec: str, loader: Any) -> Any:
+    p = Path(spec).expanduser()
+    return json.loads(p.read_text()) if p.suffix == ".json" and p.is_file() else loader(spec)
+
+
 def load_train_set(cfg: TrainConfig) -> Any:
+    """The finetuning set: a suite's set, or class folders (``suite: folder``, e.g. ImageNet train)."""
     import arf.data
 
-    suite = arf.data.get_suite(cfg.suite, cfg.data_root)
-    return suite.get(cfg.train_set)
+    if cfg.suite != "folder":
+        return arf.data.get_suite(cfg.suite, cfg.data_root).get(cfg.train_set)
+    assert cfg.data_root and cfg.folder_classnames and cfg.folder_templates  # validate() checked them
+    classnames = _json_or_asset(cfg.folder_classnames, arf.data.load_classnames)
+    templates = _json_or_asset(cfg.folder_templates, arf.data.load_templates)
+    order = _json_or_asset(cfg.folder_order, arf.data.load_json_asset) if cfg.folder_order else None
+    root = Path(cfg.data_root).expanduser()
+    paths, labels, _ = arf.data.read_class_folders(root, classnames, order)
+    return arf.data.LabeledSet(name=cfg.train_set, role="train", classnames=list(classnames),
+                               templates=list(templates), paths=paths, labels=labels, root=str(root),
+                               reference=cfg.train_set)
 
 
 def seed_everything(seed: int) -> None:
