@@ -122,7 +122,7 @@ def test_cli_pool_embed_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "complete" in capsys.readouterr().out
     assert main(["pool", "index", "--emb", str(tmp_path / "emb")]) == 0
     out = capsys.readouterr().out
-    assert "image: Flat over 16" in out and "recall@10=1.000" in out
+    assert "image: Flat over 16" in out and "recall@16=1.000" in out
     infos = json.loads((tmp_path / "emb" / "index" / "image.infos.json").read_text())
     assert infos["kind"] == "flat" and infos["n"] == 16
     assert main(["pool", "embed", "--source", str(src), "--out", "x", "--shard-size", "0"]) == 2

@@ -121,7 +121,7 @@ def run_caption(cfg: CaptionConfig, *, captioner: Captioner | None = None, image
     todo = [c for c in range(len(chunks)) if not (parts_dir / f"part_{c:06d}.parquet").is_file()]
     if len(todo) < len(chunks):
         log.info("resuming: %d of %d chunks already captioned", len(chunks) - len(todo), len(chunks))
-    counter = BadInputCounter("caption", cfg.max_bad_fraction)
+    counter = BadInputCounter("caption", cfg.max_bad_fraction, total=sum(len(chunks[c]) for c in todo))
     t0 = time.perf_counter()
     n_done = 0
     for c in todo:
@@ -142,9 +142,9 @@ def run_caption(cfg: CaptionConfig, *, captioner: Captioner | None = None, image
         tables.append(t.replace_schema_metadata(None))
     merged = pa.concat_tables(tables) if tables else _part_table([], captioner.id, {}).replace_schema_metadata(None)
     total = len(ids)
-    if total and len(skipped_all) / total > cfg.max_bad_fraction:
-        counter.good, counter.bad = total - len(skipped_all), skipped_all
-        counter.check()
+    # Judge the bad fraction over the whole set, not just the chunks of this run.
+    BadInputCounter("caption", cfg.max_bad_fraction, good=total - len(skipped_all), bad=skipped_all,
+                    n_bad=len(skipped_all)).check()
     write_parquet(final, merged)
     step = max(1, merged.num_rows // 5)
     sample = [(merged.column("image_id")[i].as_py(), merged.column("caption")[i].as_py())

@@ -98,7 +98,7 @@ class IndexConfig:
     exact_below: int = 100_000       # auto: pools smaller than this get an exact IndexFlatIP
     max_memory_gb: float = 16.0      # auto: IVF-Flat if the vectors fit, else IVF-PQ sized to the budget
     target_recall: float = 0.97      # nprobe / efSearch is raised until recall@k on a sample reaches this
-    recall_k: int = 10
+    recall_k: int = 50               # retrieval asks for top-4k candidates per class; tune recall at this depth
     recall_queries: int = 500
     seed: int = 0
 

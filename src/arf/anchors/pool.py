@@ -225,7 +225,7 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     batches = _ShardBatches(shards, bundle, cfg.batch_size)
     loader = torch.utils.data.DataLoader(_as_iterable_dataset(batches), batch_size=None,
                                          num_workers=cfg.num_workers)
-    counter = BadInputCounter("pool embed", cfg.max_bad_fraction)
+    counter = BadInputCounter("pool embed", cfg.max_bad_fraction, total=sum(len(r) for _, r in shards))
     writes: queue.Queue = queue.Queue(maxsize=4)
     errors: list[BaseException] = []
 
