@@ -24,8 +24,9 @@ def _names(kind: str) -> list[str]:
 def _load(kind: str, name: str) -> Any:
     path = ASSETS / kind / f"{name}.json"
     if not path.is_file():
-        raise ConfigError(f"unknown {kind[:-1] if kind.endswith('s') else kind} asset {name!r}; "
-                          f"choose from {', '.join(_names(kind))}")
+        raise ConfigError(
+            f"unknown {kind[:-1] if kind.endswith('s') else kind} asset {name!r}; choose from {', '.join(_names(kind))}"
+        )
     return json.loads(path.read_text())
 
 

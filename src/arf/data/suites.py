@@ -150,21 +150,62 @@ IMAGENET = FolderSpec(
     "imagenet", "imagenet/val", "id", "imagenet", "imagenet", folders="imagenet_wnids", reference="imagenet"
 )
 IMAGENET_SHIFT = (
-    FolderSpec("imagenet-v2", "imagenetv2", "shift", "imagenet", "imagenet", index_folders=True,
-               reference="imagenet"),
-    FolderSpec("imagenet-sketch", "imagenet-sketch", "shift", "imagenet", "imagenet", folders="imagenet_wnids",
-               reference="imagenet"),
-    FolderSpec("imagenet-a", "imagenet-a", "shift", "imagenet_a", "imagenet", folders="imagenet_a_wnids",
-               reference="imagenet", class_mask="imagenet_a_mask"),
-    FolderSpec("imagenet-r", "imagenet-r", "shift", "imagenet_r", "imagenet", folders="imagenet_r_wnids",
-               reference="imagenet", class_mask="imagenet_r_mask"),
-    FolderSpec("objectnet", "objectnet", "shift", "objectnet", "imagenet", folders="objectnet_folders",
-               reference="imagenet", label_map="objectnet_to_imagenet", border_crop=1),
+    FolderSpec("imagenet-v2", "imagenetv2", "shift", "imagenet", "imagenet", index_folders=True, reference="imagenet"),
+    FolderSpec(
+        "imagenet-sketch",
+        "imagenet-sketch",
+        "shift",
+        "imagenet",
+        "imagenet",
+        folders="imagenet_wnids",
+        reference="imagenet",
+    ),
+    FolderSpec(
+        "imagenet-a",
+        "imagenet-a",
+        "shift",
+        "imagenet_a",
+        "imagenet",
+        folders="imagenet_a_wnids",
+        reference="imagenet",
+        class_mask="imagenet_a_mask",
+    ),
+    FolderSpec(
+        "imagenet-r",
+        "imagenet-r",
+        "shift",
+        "imagenet_r",
+        "imagenet",
+        folders="imagenet_r_wnids",
+        reference="imagenet",
+        class_mask="imagenet_r_mask",
+    ),
+    FolderSpec(
+        "objectnet",
+        "objectnet",
+        "shift",
+        "objectnet",
+        "imagenet",
+        folders="objectnet_folders",
+        reference="imagenet",
+        label_map="objectnet_to_imagenet",
+        border_crop=1,
+    ),
 )
 ZEROSHOT_10 = tuple(
     FolderSpec(n, n, "zeroshot", n, n)
-    for n in ("caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "fgvc_aircraft", "sun397",
-              "dtd", "eurosat", "ucf101")
+    for n in (
+        "caltech101",
+        "oxford_pets",
+        "stanford_cars",
+        "flowers102",
+        "food101",
+        "fgvc_aircraft",
+        "sun397",
+        "dtd",
+        "eurosat",
+        "ucf101",
+    )
 )
 USER_SPECS = {s.name: s for s in (IMAGENET, *IMAGENET_SHIFT, *ZEROSHOT_10)}
 
