@@ -215,13 +215,21 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     else:
         write_json(meta_path, identity)
 
-    records = list(iter_pool(cfg.source))
-    n_shards = max(1, -(-len(records) // cfg.shard_size))
+    # Keep only the records of shards this process still has to embed: webdataset pools carry image bytes, and
+    # other ranks' or finished shards need not sit in memory.
+    todo_records: dict[int, list[PoolRecord]] = {}
+    n_records = 0
+    for rec in iter_pool(cfg.source):
+        shard = n_records // cfg.shard_size
+        n_records += 1
+        if shard % world == rank and not _shard_paths(out, shard)["done"].is_file():
+            todo_records.setdefault(shard, []).append(rec)
+    n_shards = max(1, -(-n_records // cfg.shard_size))
     mine = [i for i in range(n_shards) if i % world == rank]
     todo = [i for i in mine if not _shard_paths(out, i)["done"].is_file()]
     if len(todo) < len(mine):
         log.info("resuming: %d of this process's %d shards already embedded", len(mine) - len(todo), len(mine))
-    shards = [(i, records[i * cfg.shard_size:(i + 1) * cfg.shard_size]) for i in todo]
+    shards = [(i, todo_records.get(i, [])) for i in todo]
     batches = _ShardBatches(shards, bundle, cfg.batch_size)
     loader = torch.utils.data.DataLoader(_as_iterable_dataset(batches), batch_size=None,
                                          num_workers=cfg.num_workers)
@@ -287,7 +295,7 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     done = [i for i in range(n_shards) if _shard_paths(out, i)["done"].is_file()]
     complete = len(done) == n_shards
     if complete:
-        _write_info(out, cfg, model_id, n_shards, len(records))
+        _write_info(out, cfg, model_id, n_shards, n_records)
     rate = n_pairs / elapsed if elapsed > 0 and n_pairs else 0.0
     log.info("pool embed %d/%d: %d shards, %d pairs, %d skipped, %.1f pairs/s%s", rank, world, n_written, n_pairs,
              len(counter.bad), rate, "" if complete else f" ({len(done)}/{n_shards} shards of the pool done)")
