@@ -85,12 +85,12 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, mon
 
     def poisoned(self, module, batch, step, phase):
         out = real(self, module, batch, step, phase)
-        if step == 3:
+        if step == 3:  # 0-based: the 4th step
             out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(Flyp, "losses", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"non-finite loss = nan at step 3.*step_00000002"):
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss = nan at step 4.*step_00000002"):
         train(cfg)
     ckpts = list_checkpoints(cfg.run_dir)
     assert [p.name for p in ckpts] == ["step_00000002"]
@@ -99,4 +99,4 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, mon
     assert not (cfg.run_dir / "final").exists()
     # The log stops at the last finished step.
     steps = [json.loads(x)["step"] for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]
+    assert steps == [1, 2, 3]

@@ -24,12 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
     from arf.config import load_config
     from arf.train import TrainConfig, train
+
+    rank = int(os.environ.get("RANK", 0))
+    if rank != 0:  # under torchrun only rank 0 reports progress
+        logging.getLogger().setLevel(logging.WARNING)
 
     flags = [f"{k}={v}" for k, v in (("method", args.method), ("model", args.model), ("out_dir", args.out_dir),
                                     ("name", args.name)) if v is not None]
     cfg = load_config(TrainConfig, args.config, [*flags, *args.overrides])
     run_dir = train(cfg, resume=args.resume)
-    print(f"train {cfg.method}: {run_dir / 'final'}")
+    if rank == 0:
+        print(f"train {cfg.method}: {run_dir / 'final'}")
     return 0

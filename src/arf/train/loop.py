@@ -283,7 +283,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
             what = f"{bad[0]} = {sums[bad[0]]}" if bad else f"gradient norm = {gnorm}"
             metrics.close()
             raise TrainingDiverged(
-                f"non-finite {what} at step {step}; stopped before the update. Last good checkpoint: "
+                f"non-finite {what} at step {step + 1}; stopped before the update. Last good checkpoint: "
                 f"{last_good or 'none'} (resume with --resume latest after lowering lr or checking the data)")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
