@@ -199,8 +199,9 @@ BOMB_CHILD = textwrap.dedent(
         open_image(sys.argv[1])
     except BadImage as e:
         print("BADIMAGE", e)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RSS_MB", rss_mb)
+    # VmHWM is this process's own peak RSS (ru_maxrss would carry the parent's peak across fork + exec).
+    hwm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print("RSS_MB", hwm_kb / 1024)
     """
 )
 
