@@ -55,6 +55,7 @@ class PoolConfig:
 
     source: str = ""                 # pool.parquet / CSV manifest / webdataset shards ("dir" or "a-{000..009}.tar")
     out: str = ""                    # embedding folder: img_emb/, text_emb/, metadata/, done/
+    root: str | None = None          # folder a manifest's paths are relative to (default: the manifest's folder)
     model: str = "arf:mini-clip"
     shard_size: int = 10_000         # pairs per output shard (the unit of resumption and of splitting)
     batch_size: int = 64

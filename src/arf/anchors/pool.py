@@ -219,7 +219,7 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     # other ranks' or finished shards need not sit in memory.
     todo_records: dict[int, list[PoolRecord]] = {}
     n_records = 0
-    for rec in iter_pool(cfg.source):
+    for rec in iter_pool(cfg.source, cfg.root):
         shard = n_records // cfg.shard_size
         n_records += 1
         if shard % world == rank and not _shard_paths(out, shard)["done"].is_file():

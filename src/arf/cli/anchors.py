@@ -69,8 +69,8 @@ def _pool_embed(args: argparse.Namespace) -> int:
     from arf.anchors.pool import embed_pool
 
     cfg = _load(PoolConfig, args, {
-        "source": "source", "out": "out", "model": "model", "shard_size": "shard_size", "batch_size": "batch_size",
-        "num_workers": "workers", "shard": "shard", "device": "device", "dtype": "dtype",
+        "source": "source", "out": "out", "root": "root", "model": "model", "shard_size": "shard_size",
+        "batch_size": "batch_size", "num_workers": "workers", "shard": "shard", "device": "device", "dtype": "dtype",
     })
     r = embed_pool(cfg)
     print(f"pool embed: {r.shards_done} shards ({r.pairs} pairs, {r.skipped} bad images skipped) at "
@@ -137,6 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = psub.add_parser("embed", help="embed pool images and texts with the base model (sharded, resumable)")
     e.add_argument("--source", help="pool.parquet / CSV manifest / webdataset .tar shard or folder of shards")
     e.add_argument("--out", help="embedding folder")
+    e.add_argument("--root", help="folder the manifest's paths are relative to (default: its folder)")
     e.add_argument("--model", help="base model id or checkpoint (default arf:mini-clip)")
     e.add_argument("--shard-size", type=int, help="pairs per output shard")
     e.add_argument("--batch-size", type=int)
