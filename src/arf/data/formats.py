@@ -88,6 +88,26 @@ class LabeledSet:
             counts[self.classnames[lab]] += 1
         return counts
 
+    def to_set_logits(self, logits: Any) -> Any:
+        """Map logits over the reference label space to this set's classes (torch or numpy, ``[N, C_ref]``).
+
+        ``class_mask``: the reference columns of this set's classes, in order (ImageNet-A/-R). ``label_map``:
+        a set class scores the best of its reference classes (ObjectNet). Neither: logits are already the
+        set's own.
+        """
+        if self.class_mask is not None:
+            return logits[:, list(self.class_mask)]
+        if self.label_map is not None:
+            cols = [logits[:, list(self.label_map[c])] for c in range(len(self.classnames))]
+            if hasattr(logits, "detach"):
+                import torch
+
+                return torch.stack([c.max(1).values for c in cols], 1)
+            import numpy as np
+
+            return np.stack([c.max(1) for c in cols], 1)
+        return logits
+
     def subset(self, indices: Sequence[int], name: str | None = None) -> LabeledSet:
         return LabeledSet(
             name=name or self.name,
@@ -166,6 +186,8 @@ def read_class_folders(
     if not root.is_dir():
         raise InputFileError(f"dataset folder {root} does not exist")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if found and all(f.isdigit() for f in found):
+        found.sort(key=int)  # "1".."102" (Flowers102, ImageNetV2): numeric order, not "1", "10", "100"
     if folders is None:
         folders = found
     else:

@@ -5,7 +5,8 @@ Layout expected under a user-data root (each dataset: one folder per class, or a
 with ``path,label`` beside the class folders)::
 
     <root>/imagenet/val/<wnid>/*.JPEG          <root>/imagenet-a/<wnid>/*        <root>/imagenet-r/<wnid>/*
-    <root>/imagenetv2/<0..999>/*               <root>/imagenet-sketch/<wnid>/*   <root>/objectnet/<folder>/*
+    <root>/imagenetv2/<0..999>/*               <root>/imagenet-sketch/<wnid>/*
+    <root>/objectnet/images/<folder>/*  + <root>/objectnet/mappings/*.json (as in the ObjectNet release)
     <root>/<dataset>/<class folder>/*  for zeroshot-10 (folders sorted = label order of the class-name asset)
 
 The default root is ``$ARF_DATA`` (``arf.paths.data_dir()``).
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from arf.data.assets import load_classnames, load_json_asset, load_templates
+from arf.data.assets import list_assets, load_classnames, load_json_asset, load_templates
 from arf.data.formats import LabeledSet, Suite, read_class_folders, read_label_manifest
 from arf.errors import ConfigError, InputFileError
 from arf.io import read_json
@@ -110,9 +111,80 @@ def _dataset_dir(root: Path | None, subdir: str) -> Path:
     return (root if root is not None else data_dir()) / subdir
 
 
-def load_folder_set(spec: FolderSpec, root: Path | None) -> LabeledSet:
+def folder_classnames(d: Path) -> list[str]:
+    """Class names from folder names ("Black_footed_Albatross" -> "black footed albatross")."""
+    if not d.is_dir():
+        raise InputFileError(f"dataset folder {d} does not exist (pass --data-root / root=)")
+    names = sorted(x.name for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))
+    return [n.replace("_", " ").strip().lower() for n in names]
+
+
+def _match_lemma(name: str, lemmas: list[str]) -> int | None:
+    """Index of an ImageNet class given its label string (full WordNet lemma, or its first synonym)."""
+    name = name.strip().lower()
+    for i, lem in enumerate(lemmas):
+        if lem.lower() == name:
+            return i
+    hits = [i for i, lem in enumerate(lemmas) if lem.split(",")[0].strip().lower() == name]
+    return hits[0] if len(hits) == 1 else None
+
+
+def objectnet_set(spec: FolderSpec, root: Path | None) -> LabeledSet:
+    """ObjectNet with the mapping files of its own release (``<dir>/mappings/``): the 113 classes that map to
+    ImageNet-1k, ``label_map`` into ImageNet indices, 1-px border crop.
+
+    ``folder_to_objectnet_label.json`` names each image folder; ``objectnet_to_imagenet_1k.json`` gives each
+    ObjectNet class its ImageNet label strings separated by ``"; "`` (matched to WordNet lemmas, so the
+    result does not depend on which ImageNet index order the release used).
+    """
     d = _dataset_dir(root, spec.subdir)
-    classnames = load_classnames(spec.classnames)
+    maps = d / "mappings"
+    folder_json, o2i_json = maps / "folder_to_objectnet_label.json", maps / "objectnet_to_imagenet_1k.json"
+    for f in (folder_json, o2i_json):
+        if not f.is_file():
+            raise InputFileError(f"objectnet: {f} is missing (it ships with the ObjectNet release)")
+    folder_to_label: dict[str, str] = read_json(folder_json)
+    o2i: dict[str, str] = read_json(o2i_json)
+    lemmas = list(load_json_asset("imagenet_lemmas"))
+    classnames = sorted(o2i)
+    label_map: dict[int, list[int]] = {}
+    for c, name in enumerate(classnames):
+        idx = []
+        for target in o2i[name].split(";"):
+            i = _match_lemma(target, lemmas)
+            if i is None:
+                raise ConfigError(f"{o2i_json}: ImageNet class {target.strip()!r} (for {name!r}) is not an "
+                                  "ImageNet-1k label")
+            idx.append(i)
+        label_map[c] = sorted(set(idx))
+    index = {n: i for i, n in enumerate(classnames)}
+    images = d / "images" if (d / "images").is_dir() else d
+    folders = sorted(f for f, lab in folder_to_label.items() if lab in index)
+    paths, labels, _ = read_class_folders(images, folders=folders)
+    labels = [index[folder_to_label[folders[lab]]] for lab in labels]
+    return LabeledSet(
+        name=spec.name,
+        role=spec.role,
+        classnames=[n.lower() for n in classnames],
+        templates=load_templates(spec.templates),
+        paths=paths,
+        labels=labels,
+        root=str(images),
+        label_map=label_map,
+        reference=spec.reference,
+        border_crop=spec.border_crop,
+    )
+
+
+def load_folder_set(spec: FolderSpec, root: Path | None) -> LabeledSet:
+    if spec.name == "objectnet":
+        return objectnet_set(spec, root)
+    d = _dataset_dir(root, spec.subdir)
+    if spec.classnames in list_assets("classnames"):
+        classnames = load_classnames(spec.classnames)
+    else:
+        # No shipped list for this dataset (see docs/DATA.md): the folder names are the class names.
+        classnames = folder_classnames(d)
     manifest = next((d / m for m in ("manifest.parquet", "manifest.csv") if (d / m).is_file()), None)
     if manifest is not None:
         paths, labels = read_label_manifest(manifest, classnames, root=d)
@@ -193,7 +265,7 @@ IMAGENET_SHIFT = (
     ),
 )
 ZEROSHOT_10 = tuple(
-    FolderSpec(n, n, "zeroshot", n, n)
+    FolderSpec(n, n, "zeroshot", n, n if n in list_assets("templates") else "generic")
     for n in (
         "caltech101",
         "oxford_pets",
