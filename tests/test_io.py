@@ -224,7 +224,7 @@ def test_permission_denied_creating_temp(tmp_path: Path, monkeypatch: pytest.Mon
     target = tmp_path / "run" / "config.yaml"
     with pytest.raises(OutputError) as e:
         write_json(target, {})
-    assert str(e.value).endswith(f"cannot write {target}: permission denied")
+    assert str(e.value) == f"cannot write {target}: permission denied" and e.value.errno == errno.EACCES
 
 
 def test_permission_denied_on_rename_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,10 @@ from arf.errors import ArfError
 class OutputError(ArfError, OSError):
     """The output folder cannot be written (disk full, permission denied); the message names the path."""
 
+    def __str__(self) -> str:
+        # OSError would print "[Errno 28] cannot write ..."; the CLI shows the sentence alone (errno stays set).
+        return self.strerror or super().__str__()
+
 
 def _current_umask() -> int:
     # os.umask can only be read by setting it; done once at import, before any worker threads exist.
