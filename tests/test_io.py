@@ -24,6 +24,7 @@ from arf.io import (
     OutputError,
     atomic_open,
     atomic_path,
+    ensure_dir,
     read_json,
     sha256_bytes,
     sha256_file,
@@ -260,3 +261,22 @@ def _sys_refuses() -> bool:
     os.close(fd)
     os.unlink(p)
     return False
+
+
+def test_ensure_dir_errors_name_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ensure_dir(tmp_path / "a" / "b").is_dir() and ensure_dir(tmp_path / "a" / "b").is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match=r"cannot create folder .*/f: a file with that name exists"):
+        ensure_dir(tmp_path / "f")
+    with pytest.raises(OutputError, match=r"cannot create folder .*/f/sub: a parent of the path is a file"):
+        ensure_dir(tmp_path / "f" / "sub")
+    if _sys_refuses():  # real kernel refusal (EPERM/EACCES on sysfs)
+        with pytest.raises(OutputError, match=r"cannot create folder /sys/arf-runs/x: (operation not permitted|perm)"):
+            ensure_dir("/sys/arf-runs/x")
+
+    def denied(self, *a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(OutputError, match="permission denied"):
+        ensure_dir(tmp_path / "new")

@@ -27,6 +27,20 @@ class OutputError(ArfError, OSError):
         return self.strerror or super().__str__()
 
 
+def ensure_dir(path: str | Path) -> Path:
+    """``mkdir -p`` for output folders: an unwritable location is an :class:`OutputError` naming it, not a
+    traceback (run dirs, shard folders, caches)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # a file sits where the folder should be
+        raise OutputError(errno.EEXIST, f"cannot create folder {path}: a file with that name exists") from e
+    except OSError as e:
+        why = _REASONS.get(e.errno or 0, e.strerror or str(e))
+        raise OutputError(e.errno or 0, f"cannot create folder {path}: {why}") from e
+    return path
+
+
 def _current_umask() -> int:
     # os.umask can only be read by setting it; done once at import, before any worker threads exist.
     mask = os.umask(0o022)
