@@ -1,0 +1,157 @@
+"""arf.data.offline: a tiny real build (determinism, cache, leak checks, suite, CLI) and checks on the full build."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from arf.cli import main
+from arf.data import get_suite, read_pairs
+from arf.data.offline import BuildConfig, build, find_leaks, is_built
+from arf.data.offline.build import match_caption
+from arf.data.offline.sources import NPM
+from arf.io import read_json, sha256_file
+from arf.paths import npm_dir
+
+HAVE_SOURCES = all((npm_dir() / f).is_file() for f in NPM.values()) and Path("/usr/share/tuxpaint/stamps").is_dir()
+needs_sources = pytest.mark.skipif(not HAVE_SOURCES, reason="offline source packages not installed (bootstrap)")
+TINY = ["--limit-emoji", "24", "--train-classes", "6", "--zeroshot-classes", "5", "--workers", "1"]
+
+
+def tiny_cfg(out: Path) -> BuildConfig:
+    return BuildConfig(out=str(out), limit_emoji=24, n_train_classes=6, n_zeroshot_classes=5, workers=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    if not HAVE_SOURCES:
+        pytest.skip("offline source packages not installed")
+    out = tmp_path_factory.mktemp("offline") / "v1"
+    assert main(["data", "build", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_caption_matching_takes_the_head_noun():
+    names = ["rainbow", "kangaroo", "cherries", "pear", "glass of milk", "milk", "apple", "green apple"]
+    assert match_caption("A rainbow lorikeet.", names) is None
+    assert match_caption("A red kangaroo. It hops.", names) == "kangaroo"
+    assert match_caption("A pair of cherries.", names) == "cherries"
+    assert match_caption("A glass of milk.", names) == "glass of milk"
+    assert match_caption("A green apple.", names) == "green apple"
+    assert match_caption("Two apples with leaves.", names) == "apple"
+
+
+@needs_sources
+def test_tiny_build_layout_roles_and_counts(tiny):
+    meta = read_json(tiny / "manifest.json")
+    roles = {n: s["role"] for n, s in meta["sets"].items()}
+    assert roles["train"] == "train" and roles["val"] == "val" and roles["id"] == "id"
+    assert {n for n, r in roles.items() if r == "shift"} == {"shift-3d", "shift-lineart", "shift-photo"}
+    assert {"zs-emoji", "zs-flags", "zs-mnist", "zs-fashion", "zs-animals"} <= set(roles)
+    train = pq.read_table(tiny / "train.parquet").to_pydict()
+    assert set(train) == {"path", "label", "classname", "family", "sha256"}
+    assert meta["sets"]["train"]["count"] == len(train["path"]) == 6 * 8
+    names = read_json(tiny / "classnames" / "train.json")
+    assert [names[y] for y in train["label"]] == train["classname"]
+    for name in ("alignment", "pool"):
+        t = pq.read_table(tiny / f"{name}.parquet").to_pydict()
+        assert set(t) == {"path", "text", "family", "sha256"} and all(t["text"])
+    # Every recorded checksum matches its file, and every path is relative to the root.
+    for rel, sha in list(meta["files"].items())[:200]:
+        assert not Path(rel).is_absolute() and sha256_file(tiny / rel) == sha
+    assert meta["sources"]["flag-icons"]["license"] == "MIT"
+
+
+@needs_sources
+def test_tiny_build_is_leak_free_and_concepts_are_in_alignment(tiny):
+    assert find_leaks(tiny) == []
+    texts = " | ".join(pq.read_table(tiny / "alignment.parquet", columns=["text"]).column("text").to_pylist())
+    for key in ("train", "zs-emoji"):
+        for name in read_json(tiny / "classnames" / f"{key}.json"):
+            assert name in texts, f"concept {name!r} of {key} is missing from the alignment corpus"
+    fams = set(pq.read_table(tiny / "alignment.parquet", columns=["family"]).column("family").to_pylist())
+    assert fams.isdisjoint({"fluent", "emojione", "openmoji", "flag-icons", "tuxpaint-photo", "mnist"})
+
+
+@needs_sources
+def test_build_is_cached_and_deterministic(tiny, tmp_path):
+    cfg = tiny_cfg(tiny)
+    assert is_built(tiny, cfg)
+    before = (tiny / "manifest.json").stat().st_mtime_ns
+    assert build(cfg) == tiny and (tiny / "manifest.json").stat().st_mtime_ns == before  # skipped
+    other = tmp_path / "again"
+    build(tiny_cfg(other))
+    a, b = read_json(tiny / "manifest.json"), read_json(other / "manifest.json")
+    assert a["files"] == b["files"]  # byte-identical images and tables
+    # A changed file or a different config invalidates the cache.
+    first = next(r for r in a["files"] if r.startswith("images/"))
+    (other / first).write_bytes(b"tampered")
+    assert not is_built(other, tiny_cfg(other))
+    assert not is_built(tiny, BuildConfig(**{**tiny_cfg(tiny).__dict__, "seed": 1}))
+
+
+def _copy(tiny: Path, dst: Path) -> Path:
+    shutil.copytree(tiny, dst, ignore=shutil.ignore_patterns("images"))
+    return dst
+
+
+@needs_sources
+def test_leak_checks_catch_shared_images_and_families(tiny, tmp_path):
+    bad = _copy(tiny, tmp_path / "img-leak")
+    val = pq.read_table(bad / "val.parquet").to_pydict()
+    val["sha256"][0] = pq.read_table(bad / "train.parquet").column("sha256")[0].as_py()
+    pq.write_table(pa.table(val), bad / "val.parquet")
+    assert any("train and val share 1 images" in p for p in find_leaks(bad))
+
+    bad = _copy(tiny, tmp_path / "family-leak")
+    pool = pq.read_table(bad / "pool.parquet").to_pydict()
+    pool["family"][0] = "fluent"  # a test family in the candidate pool
+    pq.write_table(pa.table(pool), bad / "pool.parquet")
+    leaks = find_leaks(bad)
+    assert any("pool and shift-3d share design families ['fluent']" in p for p in leaks)
+    assert any("pool and zs-emoji" in p for p in leaks)
+
+
+@needs_sources
+def test_offline_suite_and_pairs_read_the_build(tiny, capsys):
+    suite = get_suite("offline", root=tiny)
+    assert [s.role for s in suite.sets][:3] == ["train", "val", "id"]
+    shift = suite.get("shift-3d")
+    assert shift.classnames == suite.get("train").classnames and shift.reference == "offline-train"
+    assert all(Path(p).is_file() for p in shift.abspaths())
+    pairs = read_pairs(tiny / "alignment.parquet")
+    assert pairs and Path(pairs[0].path).is_file() and pairs[0].meta["family"] in ("noto", "twemoji", "typeset-digits")
+    assert main(["data", "info", "--root", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "shift-lineart" in out and "zeroshot" in out
+
+
+def test_cli_rejects_bad_arguments_and_missing_benchmark(tmp_path, capsys):
+    assert main(["data", "build", "--out", str(tmp_path / "x"), "--image-size", "4"]) == 2
+    assert "--image-size must be at least 16" in capsys.readouterr().err
+    assert main(["data", "info", "--root", str(tmp_path / "nothing")]) == 2
+    assert "run `arf data build` first" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_full_benchmark_is_leak_free_and_sized():
+    from arf.data import offline_root
+
+    root = offline_root()
+    if not (root / "manifest.json").is_file():
+        pytest.skip("offline benchmark not built (arf data build)")
+    assert find_leaks(root) == []
+    meta = read_json(root / "manifest.json")
+    sets = meta["sets"]
+    assert sets["train"]["n_classes"] >= 200 and 1000 <= sets["train"]["count"] <= 5000
+    for name, spec in sets.items():
+        if spec["role"] in ("shift", "zeroshot", "id"):
+            assert 50 <= spec["count"] <= 1000, name
+    texts = " | ".join(pq.read_table(root / "alignment.parquet", columns=["text"]).column("text").to_pylist())
+    for key in ("train", "zs-emoji", "zs-flags"):
+        missing = [n for n in read_json(root / "classnames" / f"{key}.json") if n not in texts]
+        assert not missing, f"{key}: concepts missing from the alignment corpus: {missing[:5]}"
