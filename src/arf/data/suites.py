@@ -153,8 +153,9 @@ def objectnet_set(spec: FolderSpec, root: Path | None) -> LabeledSet:
         for target in o2i[name].split(";"):
             i = _match_lemma(target, lemmas)
             if i is None:
-                raise ConfigError(f"{o2i_json}: ImageNet class {target.strip()!r} (for {name!r}) is not an "
-                                  "ImageNet-1k label")
+                raise ConfigError(
+                    f"{o2i_json}: ImageNet class {target.strip()!r} (for {name!r}) is not an ImageNet-1k label"
+                )
             idx.append(i)
         label_map[c] = sorted(set(idx))
     index = {n: i for i, n in enumerate(classnames)}
