@@ -58,12 +58,16 @@ class TrainConfig:
     # lp / lpft: the linear-probe phase (head only, frozen encoder) has its own length and learning rate.
     lp_epochs: float = 1.0
     lp_lr: float = 1e-3
-    # Encode the finetuning set once when the image tower is frozen and nothing is augmented (lp, lpft's lp phase).
+    # With nothing augmented, encode the finetuning set once through what is frozen: the whole image tower
+    # (lp, lpft's lp phase) or its stem + first ``freeze_image_blocks`` blocks (where the tower can be split).
     cache_features: bool = True
 
     # Parts kept frozen (CPU budgets): the first N image blocks (and the stem before them), the text tower.
     freeze_image_blocks: int = 0
     freeze_text: bool = False
+    freeze_text_blocks: int = 0  # the token/position embeddings and the first N text blocks
+    # Drop all-padding token columns before the text pass (exact for towers that mask padding, e.g. HF ones).
+    trim_text_padding: bool = True
     # Random train-time augmentation (the model's ``preprocess_train``) or the eval transform.
     augment: bool = False
 
@@ -103,6 +107,7 @@ class TrainConfig:
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         check(self.freeze_image_blocks >= 0, "freeze_image_blocks", f"must be >= 0, got {self.freeze_image_blocks}")
+        check(self.freeze_text_blocks >= 0, "freeze_text_blocks", f"must be >= 0, got {self.freeze_text_blocks}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "must be in [0, 1)")
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")

@@ -257,8 +257,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
         if phase != current:
             current = phase
             method.set_trainable(phase)
-            if method.uses_cached_features(phase) and method.features is None:
-                method.features = encode_set(method, device)
+            t0 = time.perf_counter()
+            method.prepare(phase, device, encode_set)
+            if time.perf_counter() - t0 > 1:
+                log.info("phase %s: caches of frozen parts built in %.1f s", phase.name, time.perf_counter() - t0)
+            t_last = time.perf_counter()  # throughput counts training steps, not cache building
             params = [p for p in module.parameters() if p.requires_grad]
             ddp = _wrap(module, info, device)
             module.train()

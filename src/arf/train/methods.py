@@ -27,6 +27,7 @@ from arf.data import LabeledSet
 from arf.registry import Registry
 from arf.train.config import TrainConfig
 from arf.train.data import Anchors
+from arf.train.frozen import TrunkSplit, encode_prefix, find_split, text_pad_id, trim_padding
 from arf.train.losses import classification_loss, contrastive_loss, text_groups
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ METHODS: Registry[type[Method]] = Registry("method")
 # timm trunks and lukemelas-style EfficientNets.
 _STEM = re.compile(r"(^|\.)(conv1|class_embedding|positional_embedding|ln_pre|conv_stem|_conv_stem|bn1|_bn0|"
                    r"patch_embed|cls_token|pos_embed|stem)(\.|$)")
+# ... and of a text tower (token and position embeddings), for ``freeze_text_blocks``.
+_TEXT_STEM = re.compile(r"(^|\.)(token_embedding|positional_embedding|embeddings)(\.|$)")
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,34 @@ class Phase:
 
 
 class TrainModule(nn.Module):
-    """The model being finetuned plus an optional linear head over normalised image features."""
+    """The model being finetuned plus an optional linear head over normalised image features.
+
+    ``split`` (set while early image blocks are frozen and the tower can be cut): frozen-prefix activations
+    ``acts`` (cached) and pixel ``images`` go through the prefix without autograd and one shared suffix pass.
+    """
 
     def __init__(self, model: nn.Module, head: nn.Linear | None = None) -> None:
         super().__init__()
         self.model = model
         self.head = head
+        self.split: TrunkSplit | None = None
+
+    def encode_images(self, images: torch.Tensor | None, acts: torch.Tensor | None) -> torch.Tensor:
+        if self.split is None:
+            if acts is not None:
+                raise ValueError("cached activations need a split image tower")
+            return self.model.encode_image(images)
+        parts = [acts] if acts is not None else []
+        if images is not None:
+            with torch.no_grad():
+                parts.append(self.split.prefix(images))
+        return self.split.suffix(torch.cat(parts) if len(parts) > 1 else parts[0])
 
     def forward(self, images: torch.Tensor | None = None, texts: torch.Tensor | None = None,
-                features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                features: torch.Tensor | None = None, acts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        if images is not None:
-            out["image"] = F.normalize(self.model.encode_image(images), dim=-1)
+        if images is not None or acts is not None:
+            out["image"] = F.normalize(self.encode_images(images, acts), dim=-1)
         if features is not None:  # cached encoder output (frozen image tower)
             out["image"] = F.normalize(features, dim=-1)
         if texts is not None:
@@ -75,15 +94,25 @@ def image_param_names(model: nn.Module) -> set[str]:
     return {n for n, _ in model.named_parameters() if n.startswith(("visual.", "vision", "image"))}
 
 
-def image_blocks(model: nn.Module) -> list[str]:
-    """Name prefixes of the image tower's blocks, in order (the longest ModuleList/Sequential under ``visual``)."""
+def image_blocks(model: nn.Module, image: bool = True) -> list[str]:
+    """Name prefixes of the image (or text) tower's blocks in order.
+
+    The blocks are the longest ModuleList/Sequential of same-typed children that hold parameters (so an MLP's
+    ``Sequential(Linear, GELU, Linear)`` inside a block is not mistaken for the block list); ties go to the
+    shallower one.
+    """
     best: list[str] = []
+    best_depth = 0
     for name, mod in model.named_modules():
-        if not name.startswith("visual") or not isinstance(mod, (nn.ModuleList, nn.Sequential)):
+        if name.startswith("visual") != image or not isinstance(mod, (nn.ModuleList, nn.Sequential)):
             continue
-        kids = [f"{name}.{k}" for k, _ in mod.named_children()]
-        if len(kids) > len(best):
-            best = kids
+        kids = list(mod.named_children())
+        if len(kids) < 2 or len({type(k) for _, k in kids}) != 1 or not all(any(True for _ in k.parameters())
+                                                                          for _, k in kids):
+            continue
+        depth = name.count(".")
+        if len(kids) > len(best) or (len(kids) == len(best) and depth < best_depth):
+            best, best_depth = [f"{name}.{k}" for k, _ in kids], depth
     return best
 
 
@@ -103,6 +132,9 @@ class Method:
         self.anchors = anchors
         self.module = TrainModule(bundle.model, self.build_head() if self.has_head else None)
         self.features: torch.Tensor | None = None  # cached image features for the lp phase
+        self.acts: torch.Tensor | None = None  # cached frozen-prefix activations (freeze_image_blocks)
+        self.split = find_split(bundle.model, cfg.freeze_image_blocks)
+        self.pad_id = text_pad_id(bundle.model) if cfg.trim_text_padding else None
 
     # -- structure ----------------------------------------------------------------------------------------------
     def build_head(self) -> nn.Linear:
@@ -146,6 +178,14 @@ class Method:
             in_block = any(name.startswith(b + ".") for b in all_blocks)
             return not in_block and bool(_STEM.search(name))
 
+        all_text = image_blocks(model, image=False)
+        text_blocks = all_text[: cfg.freeze_text_blocks]
+
+        def frozen_text_param(name: str) -> bool:
+            if any(name.startswith(b + ".") for b in text_blocks):
+                return True
+            return not any(name.startswith(b + ".") for b in all_text) and bool(_TEXT_STEM.search(name))
+
         for name, p in model.named_parameters():
             train = phase.name != "lp"
             if name in img:
@@ -155,9 +195,12 @@ class Method:
                 train = train and not self.has_head  # a head carries its own scale
             elif self.has_head or cfg.freeze_text:
                 train = False  # ft/lp: text tower unused after building the head
+            elif cfg.freeze_text_blocks and frozen_text_param(name):
+                train = False
             p.requires_grad_(train)
         if self.module.head is not None:
             self.module.head.requires_grad_(True)
+        self.module.split = self.split if phase.name != "lp" else None
 
     def freeze_norm_stats(self) -> None:
         """Batch-norm layers whose parameters are frozen keep their running statistics too."""
@@ -168,9 +211,35 @@ class Method:
     def uses_cached_features(self, phase: Phase) -> bool:
         return phase.name == "lp" and self.cfg.cache_features and not self.cfg.augment
 
+    def uses_cached_acts(self, phase: Phase) -> bool:
+        return (phase.name != "lp" and self.split is not None and self.cfg.cache_features
+                and not self.cfg.augment and self.acts is not None)
+
+    def prepare(self, phase: Phase, device: torch.device, encode_set: Any) -> None:
+        """Build this phase's caches (frozen features for lp, frozen-prefix activations) before its first step."""
+        if self.uses_cached_features(phase) and self.features is None:
+            self.features = encode_set(self, device)
+        if (phase.name != "lp" and self.split is not None and self.cfg.cache_features and not self.cfg.augment
+                and self.acts is None):
+            self.freeze_norm_stats()
+            self.acts = encode_prefix(self.split, self.ds, self.bundle.preprocess_val, device)
+
     def needs(self, phase: Phase) -> tuple[bool, bool]:
         """(load finetuning pixels, load anchors) for a step of ``phase``."""
-        return (not self.uses_cached_features(phase), self.cfg.lambda_ret > 0)
+        cached = self.uses_cached_features(phase) or self.uses_cached_acts(phase)
+        return (not cached, self.cfg.lambda_ret > 0)
+
+    def image_inputs(self, batch: dict[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor | None]:
+        """Finetuning images (pixels or cached activations) and anchor pixels for one forward pass."""
+        anchors = batch.get("anchor_images")
+        if self.uses_cached_acts(phase):
+            assert self.acts is not None
+            acts = self.acts[batch["indices"].cpu()].to(batch["labels"].device)
+            return {"acts": acts, "images": anchors}
+        images = batch["images"]
+        if anchors is not None:
+            images = torch.cat([images, anchors.to(images.dtype)])
+        return {"images": images, "acts": None}
 
     # -- losses ---------------------------------------------------------------------------------------------------
     def prompts(self, labels: torch.Tensor, indices: torch.Tensor, step: int) -> list[str]:
@@ -208,7 +277,7 @@ class FineTune(Method):
             assert self.features is not None
             out = module(features=self.features[batch["indices"].cpu()].to(dev))
         else:
-            out = module(images=batch["images"])
+            out = module(**self.image_inputs(batch, phase))
         ce = classification_loss(out["logits"], batch["labels"])
         return {"ce_loss": ce, "loss": ce}
 
@@ -258,13 +327,10 @@ class Flyp(Method):
     def losses(self, module, batch, step, phase):
         cfg = self.cfg
         texts, sizes = self.texts(batch, step)
-        images = batch["images"]
-        n_img = images.shape[0]
-        if "anchor_images" in batch:
-            images = torch.cat([images, batch["anchor_images"].to(images.dtype)])
-        dev = images.device
-        tokens = self.bundle.tokenizer(texts).to(dev)
-        out = module(images=images, texts=tokens)
+        n_img = int(batch["labels"].shape[0])
+        dev = batch["labels"].device
+        tokens = trim_padding(self.bundle.tokenizer(texts), self.pad_id).to(dev)
+        out = module(texts=tokens, **self.image_inputs(batch, phase))
         img, txt, scale = out["image"], out["text"], out["scale"]
         t_prompt, t_cap, t_anchor = torch.split(txt, sizes)
         labels = batch["labels"].to(dev)
