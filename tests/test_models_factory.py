@@ -62,3 +62,39 @@ def test_missing_checkpoint_path(tmp_path) -> None:
     missing = tmp_path / "nothing_here"
     with pytest.raises(ArfError, match="nothing_here"):
         create_model(str(missing))
+
+
+def test_openclip_prefix_local_dir_and_weights_file(tmp_path) -> None:
+    import json
+
+    import open_clip
+
+    from arf.models import save_checkpoint
+
+    b = create_model("arf:tiny-clip")
+    with torch.no_grad():
+        b.model.logit_scale.fill_(3.0)  # a "finetuned" value the random init never has
+    out = save_checkpoint(b, tmp_path / "ck")
+    tokens = b.tokenizer(["a photo of a dog"])
+    ref = b.model.eval().encode_text(tokens)
+
+    o = create_model(f"openclip:local-dir:{out}")
+    assert o.model_id == f"openclip:local-dir:{out}"
+    torch.testing.assert_close(o.model.eval().encode_text(o.tokenizer(["a photo of a dog"])), ref, rtol=0, atol=0)
+    assert float(o.model.logit_scale) == 3.0
+
+    # <name>@<weights file>: a config registered with open_clip under a name, weights from the checkpoint
+    named = tmp_path / "cfgs" / "arf-tiny-factory-test.json"
+    named.parent.mkdir()
+    named.write_text(json.dumps(json.loads((out / "open_clip_config.json").read_text())["model_cfg"]))
+    open_clip.add_model_config(named)
+    w = create_model(f"openclip:arf-tiny-factory-test@{out / 'open_clip_model.safetensors'}")
+    torch.testing.assert_close(w.model.eval().encode_text(tokens), ref, rtol=0, atol=0)
+    # saving an openclip: bundle keeps the config open_clip needs to reload it
+    again = create_model(str(save_checkpoint(w, tmp_path / "ck2")))
+    torch.testing.assert_close(again.model.eval().encode_text(tokens), ref, rtol=0, atol=0)
+
+
+def test_openclip_bad_pretrained_is_one_clear_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"model 'openclip:RN50@.*missing\.pt'"):
+        create_model(f"openclip:RN50@{tmp_path / 'missing.pt'}")

@@ -60,6 +60,7 @@ class BaseBuildConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     seed: int = 0
     holdout_fraction: float = 0.15  # concepts held out for the zero-shot check (only pairs that carry a concept)
+    max_images_per_concept: int | None = 3  # CPU budget: at most N images per concept (pairs carrying one)
     max_pairs: int | None = None  # quick runs / tests: the first N pairs (deterministic order)
     threads: int = 2
 
@@ -72,6 +73,8 @@ class BaseBuildConfig:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 2, "batch_size", f"contrastive loss needs >= 2, got {self.batch_size}")
         check(self.lr > 0 and self.tower_lr >= 0, "lr", "learning rates must be positive")
+        check(self.max_images_per_concept is None or self.max_images_per_concept >= 1, "max_images_per_concept",
+              f"must be >= 1 or null, got {self.max_images_per_concept}")
         check(0 <= self.holdout_fraction < 1, "holdout_fraction", f"must be in [0, 1), got {self.holdout_fraction}")
 
     def identity(self) -> dict[str, Any]:
@@ -145,6 +148,26 @@ def corpus_sha256(pairs: Sequence[CorpusPair]) -> str:
             digest = "missing"
         h.update(f"{digest}\t{p.text}\t{p.concept or ''}\n".encode())
     return h.hexdigest()
+
+
+def cap_images_per_concept(pairs: Sequence[CorpusPair], cap: int | None, seed: int) -> list[CorpusPair]:
+    """Keep at most ``cap`` images per concept (a deterministic choice by file name), with all their texts.
+
+    The corpus repeats each concept in several renders; past a few, more renders cost CPU time (each image goes
+    through the early trunk) for little new signal, while more *concepts* is what zero-shot transfer needs.
+    """
+    if not cap:
+        return list(pairs)
+    by_concept: dict[str, set[str]] = {}
+    for p in pairs:
+        if p.concept is not None:
+            by_concept.setdefault(p.concept, set()).add(p.path)
+
+    def key(path: str) -> bytes:
+        return hashlib.sha256(f"{seed}:{Path(path).parent.name}/{Path(path).name}".encode()).digest()
+
+    keep = {path for paths in by_concept.values() for path in sorted(paths, key=key)[:cap]}
+    return [p for p in pairs if p.concept is None or p.path in keep]
 
 
 def split_holdout(pairs: Sequence[CorpusPair], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -442,7 +465,7 @@ def train_alignment(bundle: ClipBundle, img_feats: torch.Tensor, img_ok: torch.T
                 model.logit_scale.clamp_(0, math.log(100))
             total_loss += loss.item()
         log.info("align epoch %d/%d: loss %.3f, scale %.1f (%.1f s)", epoch + 1, cfg.epochs,
-                 total_loss / steps_per_epoch, float(model.logit_scale.exp()), time.time() - t0)
+                 total_loss / steps_per_epoch, model.logit_scale.exp().item(), time.time() - t0)
         sd = model.state_dict()
         with atomic_path(state_path) as tmp:
             torch.save({"model": {k: sd[k] for k in keys}, "opt": opt.state_dict(), "epoch": epoch + 1}, tmp)
@@ -520,6 +543,11 @@ def build_base(pairs: Sequence[CorpusPair] | None = None, cfg: BaseBuildConfig |
         pairs, provisional = default_corpus()
     provisional = bool(provisional)
     pairs = list(pairs)[: cfg.max_pairs] if cfg.max_pairs else list(pairs)
+    n_all = len(pairs)
+    pairs = cap_images_per_concept(pairs, cfg.max_images_per_concept, cfg.seed)
+    if len(pairs) < n_all:
+        log.info("max_images_per_concept=%s: training on %d of %d pairs", cfg.max_images_per_concept, len(pairs),
+                 n_all)
     if not pairs:
         raise ArfError("alignment corpus is empty")
     sha = corpus_sha256(pairs)
