@@ -106,7 +106,7 @@ def run_caption(cfg: CaptionConfig, *, captioner: Captioner | None = None, image
     out_dir = Path(cfg.out) if cfg.out else default_out(images, cfg.captioner)
     final = out_dir / CAPTIONS_FILE
     captioner = captioner or create_captioner(cfg.captioner, cfg)
-    key = config_hash(captioner.id, ids, cfg.chunk_size, cfg.prompt, cfg.max_new_tokens)
+    key = config_hash(captioner.id, ids, cfg.chunk_size, cfg.prompt, cfg.max_new_tokens, cfg.top_m, cfg.margin)
     info_path = out_dir / INFO_FILE
     if final.is_file() and info_path.is_file() and read_json(info_path).get("key") == key:
         info = read_json(info_path)

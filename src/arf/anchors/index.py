@@ -9,9 +9,9 @@ Choice (``kind="auto"``, in the spirit of autofaiss):
 
 ``hnsw`` (``HNSW32,Flat``) and the others can be forced with ``kind``. After building, the search parameter
 (``nprobe`` or ``efSearch``) is raised along 1, 2, 4, ... until recall@k against an exact scan on a sample of
-queries reaches ``target_recall``; the chosen value and the measured recall are stored in the infos, and
-``load_index`` applies them. For the image index the sample queries are pool *text* embeddings, the direction
-``text2image`` retrieval uses.
+queries reaches ``target_recall``, then bisected down to the smallest value that still reaches it; the chosen
+value and the measured recall are stored in the infos, and ``load_index`` applies them. For the image index the
+sample queries are pool *text* embeddings, the direction ``text2image`` retrieval uses.
 """
 
 from __future__ import annotations
@@ -120,14 +120,28 @@ def build_index(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = No
     value, recall = None, 1.0
     if param is not None:
         limit = faiss.extract_index_ivf(index).nlist if param == "nprobe" else 4096
+
+        def measure(v: int) -> float:
+            _set_param(index, param, v)
+            return _recall(index.search(q, k)[1], truth)
+
         value = 1 if param == "nprobe" else max(16, k)
-        while True:
-            _set_param(index, param, value)
-            _, found = index.search(q, k)
-            recall = _recall(found, truth)
-            if recall >= cfg.target_recall or value >= limit:
+        recall = measure(value)
+        while recall < cfg.target_recall and value < limit:
+            lo, value = value, min(value * 2, limit)
+            recall = measure(value)
+            if recall >= cfg.target_recall:
+                # Doubling overshoots by up to 2x the search cost: bisect down to the smallest value that passes.
+                lo += 1
+                while lo < value:
+                    mid = (lo + value) // 2
+                    r = measure(mid)
+                    if r >= cfg.target_recall:
+                        value, recall = mid, r
+                    else:
+                        lo = mid + 1
                 break
-            value = min(value * 2, limit)
+        _set_param(index, param, value)
         if recall < cfg.target_recall:
             log.warning("index %s reaches recall@%d %.3f < target %.3f at %s=%d", factory, k, recall,
                         cfg.target_recall, param, value)

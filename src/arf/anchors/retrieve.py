@@ -215,7 +215,13 @@ def retrieve(cfg: RetrieveConfig, bundle: Any | None = None, images: ImageSet | 
     queries = STRATEGIES.get(cfg.strategy)(bundle, images, _templates(images, templates))
     x, meta = load_embeddings(cfg.emb, queries.modality)
     ipath = index_path(cfg.emb, queries.modality)
-    index = load_index(ipath)[0] if ipath.is_file() else None
+    index = None
+    if ipath.is_file():
+        index, infos = load_index(ipath)
+        if infos["n"] != len(x) or infos["dim"] != x.shape[1]:
+            log.warning("index %s covers %d x %d vectors, the pool has %d x %d: stale, searching exactly instead",
+                        ipath, infos["n"], infos["dim"], len(x), x.shape[1])
+            index = None
     if index is None:
         log.info("no index at %s: exact search over %d pool items", ipath, len(x))
     excluded = excluded_rows(meta, [images, *exclude])
