@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,38 @@ def test_ddp_two_processes_equal_one_process_on_global_batch(ddp_results, method
             assert err <= 1e-4 * g.abs().max().item() + 1e-7, (n, err)
     if method == "arf":
         assert {"clip_loss", "caption_loss", "anchor_loss", "loss"} <= set(ref["losses0"])
+
+
+def test_torchrun_arf_train_end_to_end(tmp_path):
+    """``torchrun --nproc_per_node 2 -m arf.cli train`` runs, rank 0 alone writes, and matches one process."""
+    import json
+    import subprocess
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from arf.config import load_config
+    from arf.train import TrainConfig, train
+
+    root = make_benchmark(tmp_path / "bench", per_class=4)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "method": "flyp", "model": "arf:tiny-clip", "data_root": str(root), "out_dir": str(tmp_path / "runs"),
+        "batch_size": 8, "max_steps": 2, "lr": 1e-4, "progress": False, "tensorboard": False}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "arf.cli", "train", "--config", str(cfg_path), "--name", "ddp"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("train flyp:") == 1  # rank 0 only
+    single = train(load_config(TrainConfig, cfg_path, ["name=single"]))
+    ddp = tmp_path / "runs" / "ddp"
+    la = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in la] == [1, 2]
+    for a, b in zip(la, lb, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    wa = load_file(str(ddp / "final" / "open_clip_model.safetensors"))
+    wb = load_file(str(single / "final" / "open_clip_model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5)
