@@ -72,3 +72,11 @@ def test_resume_from_a_finished_run_is_refused_without_flag(tmp_path):
     _run(tmp_path, "again", method="lp")
     with pytest.raises(ConfigError, match="pass --resume latest"):
         _run(tmp_path, "again", method="lp")
+
+
+def test_unreadable_training_image_is_skipped_not_fatal(tmp_path):
+    root = make_benchmark(tmp_path / "bench", per_class=4)
+    (root / "images" / "train" / "red_0.png").write_bytes(b"not a png")
+    run = train(TrainConfig(method="flyp", model="arf:tiny-clip", data_root=str(root), out_dir=str(tmp_path / "r"),
+                            batch_size=16, max_steps=1, progress=False, tensorboard=False))
+    assert (run / "final" / "open_clip_model.safetensors").is_file()

@@ -105,3 +105,11 @@ def test_no_weight_decay_on_gains_and_biases():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
     assert len(no_decay["params"]) == 3
+
+
+def test_empty_batch_contributes_zero_not_nan():
+    img = torch.zeros(0, 4, requires_grad=True)
+    loss = contrastive_loss(img, torch.zeros(0, 4), torch.tensor(10.0), torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert classification_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).item() == 0.0

@@ -233,8 +233,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
 
     amp = autocast_dtype(cfg.precision, device)
     metrics = MetricsLog(run_dir, step, info.is_master, cfg.tensorboard)
+    counter = _counter(ds.name)
     counter_ds = StepDataset(ds, bundle.preprocess_train if cfg.augment else bundle.preprocess_val, cfg.augment,
-                             anchors, _counter(ds.name))
+                             anchors, counter)
 
     def phase_of(s: int) -> Phase:
         return next(p for p in phases if p.start <= s < p.start + p.steps)
@@ -280,6 +281,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
             (losses["loss"] / cfg.accum_steps).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + global_mean(v) / cfg.accum_steps
+        if cfg.num_workers == 0:
+            # Unreadable images are skipped and counted; too many of them stop the run with their paths named.
+            counter.check(final=False)
         gnorm = float(_grad_norm(params, cfg.grad_clip))
         bad = [k for k, v in sums.items() if not math.isfinite(v)]
         if bad or not math.isfinite(gnorm):

@@ -75,7 +75,8 @@ def contrastive_loss(
     logits_i = logit_scale * image_features @ all_txt.T
     logits_t = logit_scale * text_features @ all_img.T
     rows_sum = (_soft_ce_sum(logits_i, targets) + _soft_ce_sum(logits_t, targets)) / 2
-    return rows_sum * info.world_size / total
+    # A batch without any row (e.g. no image of it has a caption) contributes 0, not 0/0.
+    return rows_sum * info.world_size / max(total, 1)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -83,7 +84,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     info = D.current()
     n_local = torch.tensor(float(labels.shape[0]), device=logits.device)
     total = D.all_reduce_sum(n_local)
-    return F.cross_entropy(logits.float(), labels, reduction="sum") * info.world_size / total
+    return F.cross_entropy(logits.float(), labels, reduction="sum") * info.world_size / total.clamp(min=1)
 
 
 def global_mean(rank_loss: torch.Tensor) -> float:
