@@ -80,3 +80,48 @@ def test_unreadable_training_image_is_skipped_not_fatal(tmp_path):
     run = train(TrainConfig(method="flyp", model="arf:tiny-clip", data_root=str(root), out_dir=str(tmp_path / "r"),
                             batch_size=16, max_steps=1, progress=False, tensorboard=False))
     assert (run / "final" / "open_clip_model.safetensors").is_file()
+
+
+def test_anchor_images_from_webdataset_shard_refs(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from arf.images import BadInputCounter
+    from arf.train.data import AnchorImages, read_anchors
+
+    shard = tmp_path / "pool-000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for key, color in (("a1", (255, 0, 0)), ("a2", (0, 0, 255))):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), color).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    d = tmp_path / "anchors"
+    d.mkdir()
+    pq.write_table(pa.table({"pool_id": [0, 1, 2], "path": [f"{shard}#a1", f"{shard}#a2", f"{shard}#gone"],
+                             "text": ["red", "blue", "missing"], "score": [1.0, 1.0, 1.0],
+                             "query_class": ["x", "y", "y"]}), d / "anchors.parquet")
+    (d / "anchors.json").write_text(json.dumps({"model": "m", "finetune_set": "train"}))
+    anchors = read_anchors(d, None)
+    images = AnchorImages(anchors.paths, None, None, BadInputCounter("t"))
+    assert images.load(0).getpixel((0, 0)) == (255, 0, 0)
+    assert images.load(1).getpixel((0, 0)) == (0, 0, 255)
+    assert images.load(2) is None and images.counter.n_bad == 1
+
+
+def test_resume_latest_without_any_checkpoint_starts_fresh(tmp_path):
+    root = make_benchmark(tmp_path / "bench", per_class=4)
+    cfg = TrainConfig(method="lp", model="arf:tiny-clip", data_root=str(root), out_dir=str(tmp_path / "r"),
+                      batch_size=8, max_steps=1, progress=False, tensorboard=False)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text('{"step": 5, "loss": 1.0}\n')  # from a run killed early
+    run = train(cfg, resume="latest")
+    import json
+
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]

@@ -108,10 +108,34 @@ def read_anchors(path: str | Path, root: str | Path | None) -> Anchors:
     texts = [str(t) for t in table.column("text").to_pylist()]
     if not paths:
         raise InputFileError(f"{p}: the anchor set is empty")
-    if not Path(paths[0]).is_file():
+    first = paths[0].split("#", 1)[0] if _is_tar_ref(paths[0]) else paths[0]
+    if not Path(first).is_file():
         raise InputFileError(f"anchor image {paths[0]} not found; set anchor_root to the folder the anchor paths "
                              "are relative to")
     return Anchors(paths, texts, read_anchor_meta(path))
+
+
+def _is_tar_ref(ref: str) -> bool:
+    return "#" in ref and ref.split("#", 1)[0].endswith(".tar")
+
+
+class AnchorImages(ImageDataset):
+    """Anchor images: files, or ``<shard>.tar#<key>`` refs of a webdataset pool (as ``arf pool embed`` records)."""
+
+    def load(self, i: int) -> Any:
+        ref = self.paths[i]
+        if isinstance(ref, str) and _is_tar_ref(ref):
+            from arf.anchors.pool import open_pool_image
+            from arf.images import BadImage
+
+            try:
+                img = open_pool_image(ref)
+            except BadImage as e:
+                self.counter.skip(ref, str(e))
+                return None
+            self.counter.ok()
+            return img
+        return super().load(i)
 
 
 class StepDataset(Dataset):
@@ -120,7 +144,7 @@ class StepDataset(Dataset):
     def __init__(self, ds: LabeledSet, transform: Callable[[Any], torch.Tensor], augment: bool,
                  anchors: Anchors | None, counter: BadInputCounter) -> None:
         self.images = ImageDataset.from_set(ds, None, counter)
-        self.anchor_images = ImageDataset(anchors.paths, None, None, counter) if anchors is not None else None
+        self.anchor_images = AnchorImages(anchors.paths, None, None, counter) if anchors is not None else None
         self.transform = transform
         self.augment = augment
 

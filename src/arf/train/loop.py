@@ -221,6 +221,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
     module = method.module.to(device)
     optimizer = build_optimizer(module, cfg)
     step = 0
+    if resume == "latest" and not ckpt.list_checkpoints(run_dir):
+        # Killed before its first checkpoint: nothing to continue, so start over (the old log is truncated).
+        log.warning("--resume latest: no checkpoint in %s yet; starting from step 0", run_dir)
+        resume = None
     if resume is not None:
         path = ckpt.resolve(run_dir, resume)
         meta = ckpt.load(path, module, optimizer)
@@ -345,6 +349,11 @@ def _clamp_logit_scale(module: nn.Module) -> None:
     if isinstance(scale, nn.Parameter) and scale.requires_grad:
         with torch.no_grad():
             scale.clamp_(0, math.log(100))
+
+
+def train_hash(cfg: TrainConfig) -> str:
+    """Hash of what a run trains (recorded in ``final/arf.json`` as ``train.config_hash``), for caching runs."""
+    return _train_hash(cfg)
 
 
 def _train_hash(cfg: TrainConfig) -> str:
