@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from arf.anchors.config import PoolConfig, parse_shard
+from arf.anchors.encode import single_thread
 from arf.errors import ArfError, InputFileError
 from arf.images import BadImage, BadInputCounter, open_image
 from arf.io import atomic_path, read_json, sha256_bytes, write_json, write_parquet
@@ -122,14 +123,15 @@ class _ShardBatches:
             if j % nw != wid:
                 continue
             pixels, keep, hashes, bad = [], [], [], []
-            for rec in recs:
-                try:
-                    data = _read_bytes(rec)
-                    pixels.append(self.preprocess(open_image(data, name=rec.ref)))
-                    keep.append(rec)
-                    hashes.append(sha256_bytes(data))
-                except BadImage as e:
-                    bad.append((rec.pool_id, str(e)))
+            with single_thread():   # a no-op in DataLoader workers, which already run one thread
+                for rec in recs:
+                    try:
+                        data = _read_bytes(rec)
+                        pixels.append(self.preprocess(open_image(data, name=rec.ref)))
+                        keep.append(rec)
+                        hashes.append(sha256_bytes(data))
+                    except BadImage as e:
+                        bad.append((rec.pool_id, str(e)))
             yield {
                 "shard": shard, "batch": b, "n_batches": n_b, "records": keep, "sha256": hashes, "bad": bad,
                 "images": torch.stack(pixels) if pixels else None,
