@@ -280,9 +280,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
             batch = _to(next(loader), device)
             n_img += int(batch["labels"].shape[0])
             sync = micro == cfg.accum_steps - 1 or not info.enabled
-            with (contextlib.nullcontext() if sync else ddp.no_sync()), _autocast(device, amp):
-                losses = method.losses(ddp, batch, step, phase)
-            (losses["loss"] / cfg.accum_steps).backward()
+            # DDP all-reduces gradients only on the last micro-step (forward and backward inside no_sync);
+            # autocast covers the forward only, as torch recommends.
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                with _autocast(device, amp):
+                    losses = method.losses(ddp, batch, step, phase)
+                (losses["loss"] / cfg.accum_steps).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + global_mean(v) / cfg.accum_steps
         if cfg.num_workers == 0:
