@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,7 +54,8 @@ class BaseBuildConfig:
     proj: Literal["linear", "mlp"] = "linear"
     train_from_stage: int = 7  # trunk blocks[train_from_stage:] + conv_head are trained; earlier ones cached
     text_layers: int = 0  # last MiniLM layers trained (0: text tower frozen, pooled features cached)
-    views: int = 2  # cached views per image: the plain render + (views - 1) augmented ones
+    views: int = 3  # cached views per image: the plain render + (views - 1) augmented ones
+    background_p: float = 0.5  # share of augmented views whose white background becomes a random colour
     epochs: int = 16
     batch_size: int = 256
     lr: float = 2e-3  # projections and temperature
@@ -221,7 +223,7 @@ def tail_trunk(trunk: torch.nn.Module, h: torch.Tensor, stage: int) -> torch.Ten
     return trunk.global_pool(h).flatten(1)
 
 
-def augment_view(img: Any, size: int, gen: torch.Generator) -> Any:
+def augment_view(img: Any, size: int, gen: torch.Generator, background_p: float = 0.5) -> Any:
     """A seeded augmented view: crop/flip, colour, greyscale, blur, or an outline (line-art-like) rendering.
 
     The finetuning and shift families differ from the corpus in colour, background, texture and line art; these
@@ -246,11 +248,12 @@ def augment_view(img: Any, size: int, gen: torch.Generator) -> Any:
         img = ImageOps.autocontrast(edges).convert("RGB")
     elif r < 0.35:
         img = ImageOps.grayscale(img).convert("RGB")
-    elif r < 0.45:  # coloured background behind a white-backed icon
-        bg = tuple(int(255 * u()) for _ in range(3))
-        mask = ImageOps.invert(img.convert("L").point(lambda v: 255 if v > 245 else 0))
+    if u() < background_p:  # coloured (often dark) background behind a white-backed icon, as in sticker sets
         from PIL import Image
 
+        dark = u() < 0.5
+        bg = tuple(int((90 if dark else 255) * u()) for _ in range(3))
+        mask = ImageOps.invert(img.convert("L").point(lambda v: 255 if v > 245 else 0))
         img = Image.composite(img, Image.new("RGB", img.size, bg), mask)
     img = TF.adjust_brightness(img, 0.7 + 0.6 * u())
     img = TF.adjust_saturation(img, 0.5 + 1.0 * u())
@@ -302,7 +305,7 @@ def cache_image_features(bundle: ClipBundle, paths: Sequence[str], cfg: BaseBuil
                         im = img.resize((cfg.image_size, cfg.image_size), resample=3)
                     else:
                         gen = torch.Generator().manual_seed(_view_seed(cfg.seed, i, v))
-                        im = augment_view(img, cfg.image_size, gen)
+                        im = augment_view(img, cfg.image_size, gen, cfg.background_p)
                     views[v].append(norm(TF.to_tensor(im.convert("RGB"))))
             d = {"ok": ok}
             with torch.inference_mode():
@@ -604,16 +607,15 @@ def build_base(pairs: Sequence[CorpusPair] | None = None, cfg: BaseBuildConfig |
     log.info("alignment training took %.0f s", time.time() - t_train)
 
     scores = heldout_scores(bundle, pairs, train_idx, held_idx, img_feats, img_ok, pair_img, cfg)
+    bundle.model_id = "arf:mini-clip"
     if evaluate is not None:
         scores.update(evaluate(bundle))
-    bundle.model_id = "arf:mini-clip"
     seconds = time.time() - t_start
     save_checkpoint(bundle, out, extra={"provisional": provisional, "corpus_sha256": sha, "scores": scores,
                                         "build_config": cfg.identity(), "build_seconds": round(seconds, 1),
                                         "pairs": len(pairs), "heldout_pairs": len(held_idx)})
     if set_default:
         write_json(models_dir() / POINTER, {"dir": out.name})
-    for f in work.iterdir():  # caches are only needed to resume an unfinished build
-        f.unlink()
-    work.rmdir()
+    # caches are only needed to resume an unfinished build; another process may have finished the same build
+    shutil.rmtree(work, ignore_errors=True)
     return BuildResult(out, seconds, scores, provisional)
