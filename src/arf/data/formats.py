@@ -162,8 +162,11 @@ def safe_join(root: str | Path, rel: str, where: str) -> Path:
     ``where`` names the manifest and row for the error message.
     """
     root_r = Path(root).resolve()
-    p = Path(rel)
-    full = (p if p.is_absolute() else root_r / p).resolve()
+    try:
+        p = Path(rel)
+        full = (p if p.is_absolute() else root_r / p).resolve()
+    except (ValueError, OSError, RuntimeError) as e:  # a NUL byte; a symlink loop (RuntimeError before 3.13)
+        raise ManifestError(f"{where}: path {rel!r} is not a usable file name ({e})") from None
     if full != root_r and root_r not in full.parents:
         raise ManifestError(f"{where}: path {rel!r} escapes the dataset root {root_r}")
     return full
@@ -240,19 +243,51 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
             table = pacsv.read_csv(path, parse_options=opts, convert_options=conv)
         else:
             raise InputFileError(f"manifest {path}: unsupported format {suffix!r}; use .csv, .tsv or .parquet")
+        # Inside the try: a header that is not UTF-8 fails only here, when pyarrow decodes the column names.
+        rows = table.to_pylist()
     except ArfError:
         raise
     except Exception as e:  # pyarrow raises several types for malformed files
         raise InputFileError(f"manifest {path}: cannot read ({type(e).__name__}: {e})") from None
-    return table.to_pylist()
+    return rows
+
+
+# Rows that cannot be used (undecodable text, empty fields, duplicates) are skipped and counted; a manifest
+# fails only when more than this fraction of its rows is bad, so one stray byte never kills a big job.
+MAX_BAD_ROWS = 0.05
+
+
+def _cell_text(value: Any) -> str | None:
+    """A manifest cell as text; ``None`` for bytes that are not UTF-8.
+
+    pyarrow reads a CSV column holding any invalid UTF-8 as *binary*, so every cell of it arrives as bytes;
+    ``str(b"a.png")`` would silently become ``"b'a.png'"``.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return "" if value is None else str(value)
+
+
+def _row_counter(manifest: Path, n_rows: int, max_bad_fraction: float) -> Any:
+    from arf.images import BadInputCounter
+
+    return BadInputCounter(f"manifest {manifest}", max_bad_fraction=max_bad_fraction, total=n_rows)
 
 
 def read_label_manifest(
-    manifest: str | Path, classnames: Sequence[str], root: str | Path | None = None
+    manifest: str | Path,
+    classnames: Sequence[str],
+    root: str | Path | None = None,
+    max_bad_fraction: float = MAX_BAD_ROWS,
 ) -> tuple[list[str], list[int]]:
     """A ``path,label`` manifest; ``label`` is a class name or an integer index into ``classnames``.
 
-    Unknown labels and escaping paths fail naming the manifest and row (1-based, header excluded).
+    Unknown labels and escaping paths fail naming the manifest and row (1-based, header excluded): they mean
+    the wrong class list or a hostile file. Rows with non-UTF-8 or empty fields and repeated paths are skipped
+    and counted; more than ``max_bad_fraction`` of them is an error naming the first few.
     """
     manifest = Path(manifest)
     root = Path(root) if root is not None else manifest.parent
@@ -260,11 +295,21 @@ def read_label_manifest(
     if rows and not {"path", "label"} <= set(rows[0]):
         raise ManifestError(f"manifest {manifest}: needs columns 'path' and 'label', has {sorted(rows[0])}")
     index = {c: i for i, c in enumerate(classnames)}
+    counter = _row_counter(manifest, len(rows), max_bad_fraction)
     paths, labels = [], []
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows, start=1):
         where = f"manifest {manifest} row {i}"
-        full = safe_join(root, str(row["path"]), where)
-        lab = row["label"]
+        rel, lab = _cell_text(row["path"]), row["label"]
+        if isinstance(lab, (bytes, bytearray, memoryview, type(None))):
+            lab = _cell_text(lab)
+        if rel is None or lab is None:
+            counter.skip(f"row {i}", "not UTF-8 text")
+            continue
+        if not rel.strip() or (isinstance(lab, str) and not lab.strip()):
+            counter.skip(f"row {i}", "empty path or label")
+            continue
+        full = safe_join(root, rel, where)
         if isinstance(lab, str) and lab in index:
             label = index[lab]
         else:
@@ -276,8 +321,18 @@ def read_label_manifest(
                 ) from None
             if not 0 <= label < len(classnames):
                 raise ManifestError(f"{where}: label {label} out of range for {len(classnames)} classes")
-        paths.append(full.relative_to(root.resolve()).as_posix())
+        key = full.relative_to(root.resolve()).as_posix()
+        if key in seen:
+            same = labels[seen[key]] == label
+            counter.skip(f"row {i}", f"repeats {key}" + ("" if same else " with another label; the first is kept"))
+            continue
+        seen[key] = len(paths)
+        paths.append(key)
         labels.append(label)
+        counter.ok()
+    counter.check()
+    if counter.n_bad:
+        log.warning("%s", counter.summary())
     if not paths:
         raise InputFileError(f"manifest {manifest} has no rows")
     return paths, labels
@@ -304,7 +359,7 @@ class Pair:
 TEXT_COLUMNS = ("text", "caption")
 
 
-def _pairs_from_table(manifest: Path, root: Path | None) -> list[Pair]:
+def _pairs_from_table(manifest: Path, root: Path | None, max_bad_fraction: float = MAX_BAD_ROWS) -> list[Pair]:
     rows = read_table(manifest)
     root = root if root is not None else manifest.parent
     if not rows:
@@ -313,22 +368,45 @@ def _pairs_from_table(manifest: Path, root: Path | None) -> list[Pair]:
     text_col = next((c for c in TEXT_COLUMNS if c in cols), None)
     if "path" not in cols or text_col is None:
         raise ManifestError(f"manifest {manifest}: needs 'path' and 'text' or 'caption' columns, has {sorted(cols)}")
+    counter = _row_counter(manifest, len(rows), max_bad_fraction)
     out = []
+    ids: set[str] = set()
     root_r = root.resolve()
     for i, row in enumerate(rows, start=1):
-        rel = str(row["path"])
+        rel, text = _cell_text(row["path"]), _cell_text(row[text_col])
+        if rel is None or text is None:
+            counter.skip(f"row {i}", "not UTF-8 text")
+            continue
+        # An empty caption gives the contrastive losses nothing to match; an empty path names no image.
+        if not rel.strip() or not text.strip():
+            counter.skip(f"row {i}", f"empty {'path' if not rel.strip() else text_col}")
+            continue
         full = safe_join(root, rel, f"manifest {manifest} row {i}")
         meta = {k: v for k, v in row.items() if k not in ("path", text_col)}
-        pid = str(row["id"]) if row.get("id") not in (None, "") else full.relative_to(root_r).as_posix()
-        out.append(Pair(id=pid, text=str(row[text_col] or ""), path=str(full), meta=meta))
+        raw_id = _cell_text(row.get("id"))
+        pid = raw_id if raw_id else full.relative_to(root_r).as_posix()
+        if pid in ids:  # ids key resumable outputs (embedding shards, captions): a repeat would collide
+            counter.skip(f"row {i}", f"repeats id {pid}")
+            continue
+        ids.add(pid)
+        out.append(Pair(id=pid, text=text, path=str(full), meta=meta))
+        counter.ok()
+    counter.check()
+    if counter.n_bad:
+        log.warning("%s", counter.summary())
     return out
 
 
-def _pairs_from_shards(shards: Sequence[Path]) -> list[Pair]:
+def _pairs_from_shards(shards: Sequence[Path], max_bad_fraction: float = MAX_BAD_ROWS) -> list[Pair]:
     """img2dataset webdataset shards: ``<key>.jpg`` + ``<key>.txt`` (+ ``<key>.json``)."""
     import webdataset as wds
 
+    from arf.images import BadInputCounter
+
     out = []
+    counter = BadInputCounter(
+        f"webdataset shards {shards[0].parent}" if shards else "webdataset shards", max_bad_fraction=max_bad_fraction
+    )
     for shard in shards:
         if not shard.is_file():
             raise InputFileError(f"webdataset shard {shard} does not exist")
@@ -340,7 +418,14 @@ def _pairs_from_shards(shards: Sequence[Path]) -> list[Pair]:
                 if img_key is None:
                     log.warning("%s: sample %s has no image; skipped", shard, key)
                     continue
-                text = sample.get("txt", b"").decode("utf-8", "replace").strip()
+                try:
+                    text = sample.get("txt", b"").decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    counter.skip(f"{shard.name}/{key}", "caption is not UTF-8 text")
+                    continue
+                if not text:
+                    counter.skip(f"{shard.name}/{key}", "empty caption")
+                    continue
                 meta: dict[str, Any] = {"shard": shard.name}
                 if "json" in sample:
                     try:
@@ -348,31 +433,41 @@ def _pairs_from_shards(shards: Sequence[Path]) -> list[Pair]:
                     except (ValueError, UnicodeDecodeError):
                         log.warning("%s: sample %s has unreadable json metadata", shard, key)
                 out.append(Pair(id=f"{shard.name}/{key}", text=text, image=sample[img_key], meta=meta))
+                counter.ok()
         except ArfError:
             raise
         except Exception as e:  # tarfile / webdataset errors on truncated shards
             raise InputFileError(f"webdataset shard {shard}: cannot read ({type(e).__name__}: {e})") from None
+    counter.check()
+    if counter.n_bad:
+        log.warning("%s", counter.summary())
     return out
 
 
-def read_pairs(source: str | Path | Sequence[str | Path], root: str | Path | None = None) -> list[Pair]:
+def read_pairs(
+    source: str | Path | Sequence[str | Path],
+    root: str | Path | None = None,
+    max_bad_fraction: float = MAX_BAD_ROWS,
+) -> list[Pair]:
     """Image–text pairs from a parquet/CSV manifest (``path,text`` or ``path,caption``) or webdataset shards.
 
     ``source`` may be a manifest file, a ``.tar`` shard, a folder of shards, or a list of shards. Paths in a
-    manifest are relative to ``root`` (default: the manifest's folder) and may not escape it.
+    manifest are relative to ``root`` (default: the manifest's folder) and may not escape it. Pairs with
+    non-UTF-8 or empty text, empty paths or a repeated id are skipped and counted; past ``max_bad_fraction`` of
+    them the read fails (``TooManyBadInputs``) naming the first few.
     """
     if isinstance(source, (list, tuple)):
         shards = [Path(s) for s in source]
-        return _pairs_from_shards(shards)
+        return _pairs_from_shards(shards, max_bad_fraction)
     src = Path(source)  # type: ignore[arg-type]
     if src.is_dir():
         shards = sorted(src.glob("*.tar"))
         if not shards:
             raise InputFileError(f"{src}: no webdataset .tar shards in this folder")
-        return _pairs_from_shards(shards)
+        return _pairs_from_shards(shards, max_bad_fraction)
     if src.suffix == ".tar":
-        return _pairs_from_shards([src])
-    return _pairs_from_table(src, Path(root) if root is not None else None)
+        return _pairs_from_shards([src], max_bad_fraction)
+    return _pairs_from_table(src, Path(root) if root is not None else None, max_bad_fraction)
 
 
 def stable_id(*parts: str) -> str:
