@@ -49,27 +49,51 @@ class Anchors:
         return len(self.paths)
 
 
-def read_captions(path: str | Path, ds: LabeledSet) -> list[str | None]:
-    """Captions aligned with ``ds`` (``None`` for an image without one), matched on ``image_id`` or ``path``."""
+def read_captions(path: str | Path, ds: LabeledSet, max_bad_fraction: float = 0.05) -> list[str | None]:
+    """Captions aligned with ``ds`` (``None`` for an image without one), matched on ``image_id`` or ``path``.
+
+    Rows whose caption is empty or not UTF-8, and repeats of an image with a different caption, are skipped and
+    counted (the first caption of an image is kept); past ``max_bad_fraction`` of the rows it is an error.
+    """
     import pyarrow.parquet as pq
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise InputFileError(f"captions file not found: {p}")
-    table = pq.read_table(p)
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # pyarrow raises several types for truncated or non-parquet files
+        raise InputFileError(f"captions file {p}: cannot read ({type(e).__name__}: {e})") from None
     missing = {"image_id", "caption"} - set(table.column_names)
     if missing:
         raise InputFileError(f"{p}: not a captions parquet (missing column {sorted(missing)[0]!r})")
     ids = table.column("image_id").to_pylist()
     caps = table.column("caption").to_pylist()
     paths = table.column("path").to_pylist() if "path" in table.column_names else [None] * len(ids)
+    counter = BadInputCounter(f"captions {p}", max_bad_fraction=max_bad_fraction, total=len(ids))
     by_id: dict[str, str] = {}
-    for i, pth, c in zip(ids, paths, caps, strict=True):
+    for row, (i, pth, c) in enumerate(zip(ids, paths, caps, strict=True), start=1):
+        if isinstance(c, bytes):  # a binary column: a writer that did not check its text
+            try:
+                c = c.decode("utf-8")
+            except UnicodeDecodeError:
+                counter.skip(f"row {row}", "caption is not UTF-8 text")
+                continue
         if c is None or not str(c).strip():
+            counter.skip(f"row {row}", "empty caption")
             continue
-        by_id[str(i)] = c
-        if pth:
-            by_id[str(Path(pth))] = c
+        c = str(c)
+        keys = [str(i)] + ([str(Path(pth))] if pth else [])
+        if any(k in by_id for k in keys):
+            if by_id.get(keys[0], c) != c:
+                counter.skip(f"row {row}", f"a second, different caption for {i}; the first is kept")
+            continue  # an identical repeat is harmless
+        for k in keys:
+            by_id[k] = c
+        counter.ok()
+    counter.check()
+    if counter.n_bad:
+        log.warning("%s", counter.summary())
     out: list[str | None] = []
     for i in range(len(ds)):
         out.append(by_id.get(ds.paths[i]) or by_id.get(str(Path(ds.abspath(i)))))

@@ -23,7 +23,7 @@ from torch import nn
 
 from arf.config import config_hash, save_config
 from arf.errors import ArfError, ConfigError
-from arf.io import atomic_path, read_json, write_json
+from arf.io import atomic_path, ensure_dir, read_json, write_json
 from arf.train import checkpoint as ckpt
 from arf.train import distributed as D
 from arf.train.config import TrainConfig, check_against_data
@@ -57,14 +57,36 @@ def resolve_device(device: str, local_rank: int) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it; fp32 on CPU unless asked (CPU bf16 is slower there)."""
+    """bf16 autocast on GPUs that support it; fp32 on CPU unless asked (CPU bf16 is slower there).
+
+    ``precision=bf16`` where the device cannot run it (autocast unavailable for the device type, a GPU without
+    bf16, a CPU whose bf16 matmul fails) falls back to fp32 with a warning instead of failing mid-run.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
-        return torch.bfloat16
+        if _bf16_autocast_works(device.type):
+            return torch.bfloat16
+        log.warning("precision=bf16: bf16 autocast is not supported on %s here; training in fp32", device)
+        return None
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def _bf16_autocast_works(device_type: str) -> bool:
+    if not torch.amp.is_autocast_available(device_type):
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return True  # other backends: trust torch's own availability check
+    try:  # a tiny probe: some CPU builds reject bf16 kernels only when one runs
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            out = torch.nn.functional.linear(torch.ones(2, 2), torch.ones(2, 2))
+        return out.dtype == torch.bfloat16 and bool(torch.isfinite(out.float()).all())
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def _json_or_asset(spec: str, loader: Any) -> Any:
@@ -191,6 +213,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise ConfigError(f"name: the run folder {run_dir} already holds checkpoints; pass --resume latest to "
                           "continue it, or choose another name/out_dir")
+    if info.is_master:
+        # An unwritable out_dir is one OutputError line, and found before the model and data are loaded.
+        ensure_dir(run_dir)
     seed_everything(cfg.seed)
 
     ds = ds if ds is not None else load_train_set(cfg)
@@ -206,7 +231,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
     bundle.model.to(device)
 
     if info.is_master:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     method: Method = method_cls(cfg, bundle, ds, captions, anchors)
     if not method.trains:
