@@ -168,3 +168,30 @@ def test_unreadable_captions_file_is_an_input_error(tmp_path):
     bad.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(InputFileError, match=r"captions file .*captions.parquet: cannot read"):
         read_captions(bad, _train_set(root))
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import arf.train.checkpoint as ckpt
+    from arf.io import OutputError
+    from arf.train import train
+
+    root = make_benchmark(tmp_path / "bench", per_class=2)
+    cfg = _cfg(tmp_path, root, max_steps=5)
+    real = ckpt.torch.save
+    calls = {"n": 0}
+
+    def full_disk(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the step-4 checkpoint's optimizer state
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(OutputError, match=r"disk full"):
+        train(cfg)
+    kept = ckpt.list_checkpoints(cfg.run_dir)
+    assert [p.name for p in kept] == ["step_00000002"]
+    assert all(torch.isfinite(t).all() for t in load_file(str(kept[0] / "model.safetensors")).values())
+    assert not (cfg.run_dir / "final").exists()
