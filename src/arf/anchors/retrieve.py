@@ -10,6 +10,9 @@ Strategies (registry ``STRATEGIES``), all scored by cosine similarity in the bas
 - ``image2image``: the finetuning images of a class (up to 64 per class, seeded) are queries against pool images;
   an item's class score is its best similarity to one of them. Closer to the finetuning domain, hence less diverse.
 - ``text2text``: the class text query against pool *texts*; relies on the pool captions naming the class.
+  It needs only the text tower, so it is the better choice when the base model's image–text alignment is weak:
+  on the offline benchmark with ``arf:mini-clip`` (k=8, 300 classes) 28.5% of text2text anchors name their
+  class in their text vs 0.8% for text2image (measured 2026-11-24; see docs/BENCHMARKS.md).
 
 Selection: candidates are fetched per query (``fetch`` starts at 4·k and grows ×2, up to 64·k, until every
 class has ``k``); pool items whose image bytes (sha256) or path match a finetuning or excluded (test) image are dropped
