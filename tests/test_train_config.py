@@ -38,7 +38,8 @@ def test_bad_config_one_clear_error(overrides, match):
 def test_yaml_configs_in_repo_load():
     root = Path(__file__).parents[1] / "configs"
     found = sorted([*root.glob("offline/*.yaml"), *root.glob("paper/*.yaml")])
-    assert {p.stem for p in (root / "offline").glob("*.yaml")} == set(METHOD_NAMES)
+    # Every method has an offline config; extra offline configs are ablations of a method (arf-cap, arf-ret).
+    assert {p.stem for p in (root / "offline").glob("*.yaml")} >= set(METHOD_NAMES)
     assert {p.stem for p in (root / "paper").glob("*.yaml")} == set(METHOD_NAMES)
     for p in found:
         # arf configs name anchor files made by earlier stages; only their fields are checked here.
