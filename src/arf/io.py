@@ -74,7 +74,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except ArfError:
         # Errors the body raised on purpose (a bad input file, a bad image) keep their own message.
         tmp_path.unlink(missing_ok=True)
@@ -87,7 +87,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (a power cut right after os.replace could otherwise undo it)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -21,7 +21,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from arf.errors import InputFileError
-from arf.io import atomic_open, atomic_path
+from arf.io import atomic_open, atomic_path, fsync_dir
 
 WEIGHTS = "model.safetensors"
 STATE = "train_state.pt"
@@ -75,17 +75,6 @@ def resolve(run_dir: Path, resume: str) -> Path:
     return p
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(run_dir: Path, step: int, module: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
          keep: int) -> Path:
     """Write the checkpoint of ``step`` atomically and keep the ``keep`` newest."""
@@ -101,11 +90,11 @@ def save(run_dir: Path, step: int, module: nn.Module, optimizer: torch.optim.Opt
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, p)
     with atomic_open(tmp / META) as f:
         json.dump({**meta, "step": step}, f, indent=2, sort_keys=True, default=str)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
