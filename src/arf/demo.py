@@ -117,8 +117,7 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
     from arf.models.align import build_base
     from arf.report import build_report
     from arf.train.config import TrainConfig
-    from arf.train.loop import _train_hash as train_hash
-    from arf.train.loop import train
+    from arf.train.loop import train, train_hash
 
     cfg.validate()
     alphas = parse_alphas(cfg.alphas)
@@ -177,7 +176,7 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
                 if _final_matches(final, train_hash(tcfg)):
                     log.info("train %s seed %d: cached (%s)", method, seed, final)
                 else:
-                    train(tcfg, resume="latest" if (tcfg.run_dir / "checkpoints").is_dir() else None)
+                    train(tcfg, resume=_resume_or_fresh(tcfg.run_dir, train_hash(tcfg)))
                 finals.append((method, seed, final))
 
     with stage("wise"):
@@ -207,6 +206,29 @@ def _cap(ds: Any, n: int | None) -> Any:
     rng = np.random.default_rng(zlib.crc32(ds.name.encode()))
     keep = sorted(rng.choice(len(ds), size=n, replace=False).tolist())
     return ds.subset(keep, name=ds.name)
+
+
+def _resume_or_fresh(run_dir: Path, want_hash: str) -> str | None:
+    """``"latest"`` when the run's newest checkpoint was made by this very config; otherwise a fresh start.
+
+    A run folder left by a different config (e.g. an older learning rate) is moved aside to
+    ``<run>.stale-<hash>``: resuming it would mix two schedules into one model.
+    """
+    import shutil
+
+    from arf.io import read_json
+
+    states = sorted((run_dir / "checkpoints").glob("step_*/train_state.json"))
+    if not states:
+        return None
+    have = read_json(states[-1]).get("config_hash")
+    if have == want_hash:
+        return "latest"
+    stale = run_dir.with_name(f"{run_dir.name}.stale-{have}")
+    shutil.rmtree(stale, ignore_errors=True)
+    run_dir.rename(stale)
+    log.warning("run %s was made by another config (%s); moved to %s, training from scratch", run_dir, have, stale)
+    return None
 
 
 def _final_matches(final: Path, want_hash: str) -> bool:
