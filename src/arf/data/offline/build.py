@@ -219,6 +219,11 @@ def select_classes(cfg: BuildConfig, root: Path | None) -> tuple[list[src.Emoji]
     return train, held, res
 
 
+def shift_set(rows: list[Row], templates: list[str]) -> dict[str, Any]:
+    """A domain-shift set: the finetuning classes in another design family, scored in the train label space."""
+    return {"role": "shift", "classnames": "train", "templates": templates, "rows": rows, "reference": "offline-train"}
+
+
 def plan(cfg: BuildConfig) -> Plan:
     root = Path(cfg.npm_root) if cfg.npm_root else None
     size, seed = cfg.image_size, cfg.seed
@@ -258,24 +263,12 @@ def plan(cfg: BuildConfig) -> Plan:
         rel = f"images/shift-3d/fluent-3d/{e.cp}.png"
         job(rel, "bytes", three_d[e.cp], "plain")
         rows.append(Row(rel, label, e.name, "fluent"))
-    p.sets["shift-3d"] = {
-        "role": "shift",
-        "classnames": "train",
-        "templates": EMOJI_TEMPLATES,
-        "rows": rows,
-        "reference": "offline-train",
-    }
+    p.sets["shift-3d"] = shift_set(rows, EMOJI_TEMPLATES)
     rows = []
     for label, e in enumerate(train):
         rel = iconify("fluent-emoji-high-contrast", e.cp, f"images/shift-lineart/fluent-hc/{e.cp}.png", "plain")
         rows.append(Row(rel, label, e.name, "fluent"))
-    p.sets["shift-lineart"] = {
-        "role": "shift",
-        "classnames": "train",
-        "templates": EMOJI_TEMPLATES,
-        "rows": rows,
-        "reference": "offline-train",
-    }
+    p.sets["shift-lineart"] = shift_set(rows, EMOJI_TEMPLATES)
     rows = []
     tux = Path(cfg.tux_root)
     for s in src.tux_stamps(tux):
@@ -285,13 +278,7 @@ def plan(cfg: BuildConfig) -> Plan:
         rel = f"images/shift-photo/tuxpaint/{stamp_slug(s.rel)}.png"
         job(rel, "bytes", (tux / s.rel).read_bytes(), "plain")
         rows.append(Row(rel, train_names.index(name), name, "tuxpaint-photo", text=s.caption))
-    p.sets["shift-photo"] = {
-        "role": "shift",
-        "classnames": "train",
-        "templates": PHOTO_TEMPLATES,
-        "rows": rows,
-        "reference": "offline-train",
-    }
+    p.sets["shift-photo"] = shift_set(rows, PHOTO_TEMPLATES)
 
     # --- zero-shot: held-out emoji, flags, MNIST family ---------------------------------------------------
     rows = []
