@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from arf.errors import InputFileError
 from arf.images import TooManyBadInputs
-from train_fixtures import make_benchmark
+from train_fixtures import assert_stopped_at_good_checkpoint, make_benchmark
 
 
 def _cfg(tmp_path: Path, root: Path, **extra):
@@ -41,7 +41,6 @@ class _InfGrad(torch.autograd.Function):
 
 def test_inf_gradient_with_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from arf.train import TrainingDiverged, train
-    from arf.train.checkpoint import list_checkpoints
     from arf.train.methods import Flyp
 
     root = make_benchmark(tmp_path / "bench", per_class=4)
@@ -58,11 +57,7 @@ def test_inf_gradient_with_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_
     with pytest.raises(TrainingDiverged, match=r"non-finite gradient norm = (inf|nan) at step 3; stopped before "
                                                r"the update\. Last good checkpoint: .*step_00000002"):
         train(cfg)
-    ckpts = list_checkpoints(cfg.run_dir)
-    assert [p.name for p in ckpts] == ["step_00000002"]
-    weights = load_file(str(ckpts[0] / "model.safetensors"))
-    assert all(torch.isfinite(t).all() for t in weights.values())
-    assert not (cfg.run_dir / "final").exists()
+    assert_stopped_at_good_checkpoint(cfg.run_dir, "step_00000002")
     logged = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in logged)
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from train_fixtures import make_benchmark
+from train_fixtures import assert_stopped_at_good_checkpoint, make_benchmark
 
 STEPS = 6
 
@@ -76,7 +76,6 @@ def test_kill9_then_resume_latest_is_bit_identical(tmp_path):
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     from arf.config import load_config
     from arf.train import TrainConfig, TrainingDiverged, train
-    from arf.train.checkpoint import list_checkpoints
     from arf.train.methods import Flyp
 
     root = make_benchmark(tmp_path / "bench", per_class=4)
@@ -92,11 +91,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, mon
     monkeypatch.setattr(Flyp, "losses", poisoned)
     with pytest.raises(TrainingDiverged, match=r"non-finite loss = nan at step 4.*step_00000002"):
         train(cfg)
-    ckpts = list_checkpoints(cfg.run_dir)
-    assert [p.name for p in ckpts] == ["step_00000002"]
-    weights = load_file(str(ckpts[0] / "model.safetensors"))
-    assert all(torch.isfinite(t).all() for t in weights.values())
-    assert not (cfg.run_dir / "final").exists()
+    assert_stopped_at_good_checkpoint(cfg.run_dir, "step_00000002")
     # The log stops at the last finished step.
     steps = [json.loads(x)["step"] for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]

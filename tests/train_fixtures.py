@@ -77,3 +77,17 @@ def make_anchors(root: Path, model_id: str = "arf:tiny-clip", set_name: str = "t
                    d / "anchors.parquet")
     (d / "anchors.json").write_text(json.dumps({"pool": "test", "model": model_id, "finetune_set": set_name}))
     return d
+
+
+def assert_stopped_at_good_checkpoint(run_dir: Path, checkpoint: str) -> None:
+    """A diverged run kept exactly ``checkpoint``, its weights are finite, and no final model was written."""
+    import torch
+    from safetensors.torch import load_file
+
+    from arf.train.checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir)
+    assert [p.name for p in ckpts] == [checkpoint]
+    weights = load_file(str(ckpts[0] / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (run_dir / "final").exists()
