@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +133,49 @@ def test_cli_pool_embed_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["pool", "embed", "--source", str(src), "--out", "x", "--shard-size", "0"]) == 2
     assert "shard_size" in capsys.readouterr().err
     assert pq.read_table(tmp_path / "emb" / "metadata" / "metadata_00000.parquet").num_rows == 5
+
+
+def _arf_pool_embed(src: Path, out: Path) -> subprocess.Popen:
+    """The real CLI in its own process (one thread, offline), as a user would run it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "arf.cli", "pool", "embed", "--source", str(src), "--out", str(out),
+         "--shard-size", "2", "--batch-size", "2", "--model", "arf:tiny-clip", "--set", "progress=false",
+         "--set", "max_bad_fraction=0.2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every visible file under ``folder`` by relative path; hidden ``.<name>.*.tmp`` leftovers are never read."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_sigkill_of_the_cli_then_rerun_is_byte_identical(tmp_path: Path) -> None:
+    # 40 good + 2 corrupt pairs in shards of 2: 21 shards, ~10 ms each, so the kill lands mid-run.
+    src = make_pool(tmp_path / "pool", n_per_class=10, corrupt=2)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    full = _arf_pool_embed(src, ref)            # the uninterrupted run, alongside
+    killed = _arf_pool_embed(src, run)
+    deadline = time.time() + 120
+    while not list((run / "done").glob("shard_*.json")):
+        assert killed.poll() is None, killed.communicate()[0]
+        assert time.time() < deadline, "no shard was written"
+        time.sleep(0.002)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    n_done = len(list((run / "done").glob("shard_*.json")))
+    assert not (run / "embed_info.json").exists() and n_done < 21, "finished before the kill; proves nothing"
+
+    rerun = _arf_pool_embed(src, run)
+    out, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out
+    assert f"pool embed: {21 - n_done} shards" in out and "complete" in out   # only the missing shards redone
+    out_full, _ = full.communicate(timeout=120)
+    assert full.returncode == 0, out_full
+
+    a, b = _files(ref), _files(run)
+    assert sorted(a) == sorted(b) and len(a) == 4 * 21 + 2   # 4 files per shard + embed_config + embed_info
+    assert [k for k in a if a[k] != b[k]] == []
+    assert json.loads(a["embed_info.json"])["n_skipped"] == 2
