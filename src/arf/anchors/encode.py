@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from arf.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def load_bundle(model: Any, device: str = "cpu") -> Any:
@@ -83,3 +89,38 @@ def class_text_queries(bundle: Any, classnames: Sequence[str], templates: Sequen
     emb = encode_texts(bundle, [t.format(name) for name in classnames for t in templates])
     mean = emb.reshape(len(classnames), len(templates), -1).mean(axis=1)
     return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def text_cache_key(bundle: Any, texts: Sequence[str]) -> str:
+    """What text embeddings depend on: the model's non-visual weights (by content, not by id — a rebuilt or
+    retrained model under the same id must not reuse them) and the exact texts in order."""
+    import hashlib
+
+    from arf.config import config_hash
+    from arf.evaluate.zeroshot import text_fingerprint
+
+    texts_sha = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    return config_hash(text_fingerprint(bundle.model), texts_sha, len(texts))
+
+
+def encode_texts_cached(bundle: Any, texts: Sequence[str], cache_dir: str | Path | None,
+                        batch_size: int = 256) -> np.ndarray:
+    """:func:`encode_texts`, kept as ``<cache_dir>/text_emb_<key>.npy`` (written atomically) and read back on
+    the next call with the same model weights and texts; ``cache_dir`` None encodes every time."""
+    if cache_dir is None:
+        return encode_texts(bundle, texts, batch_size)
+    path = Path(cache_dir) / f"text_emb_{text_cache_key(bundle, texts)}.npy"
+    if path.is_file():
+        try:
+            emb = np.load(path, allow_pickle=False)
+            if emb.ndim == 2 and emb.shape[0] == len(texts):
+                log.info("text embeddings of %d texts read from %s", len(texts), path)
+                return emb
+        except (OSError, ValueError):
+            pass
+        log.warning("%s is unreadable or of the wrong shape; encoding again", path)
+    emb = encode_texts(bundle, texts, batch_size)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb, allow_pickle=False)
+    log.info("text embeddings of %d texts cached in %s", len(texts), path)
+    return emb
