@@ -8,6 +8,7 @@ the first forward pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -157,8 +158,12 @@ def _check_file(path: str | None, field: str, why: str) -> None:
 
 
 def check_against_data(cfg: TrainConfig, n_train: int, world_size: int, set_name: str, model_id: str,
-                       anchor_meta: dict[str, Any] | None) -> None:
-    """Checks that need the loaded set and model but no forward pass."""
+                       anchor_meta: dict[str, Any] | None, classnames: Sequence[str] | None = None) -> None:
+    """Checks that need the loaded set and model but no forward pass.
+
+    ``classnames`` are the finetuning set's: anchors are retrieved per class, so a file made for another class list
+    is refused even when its set name matches (every suite calls its finetuning set ``train``).
+    """
     check(cfg.batch_size <= n_train or cfg.method == "zeroshot", "batch_size",
           f"{cfg.batch_size} is larger than the finetuning set {set_name!r} ({n_train} images)")
     micro = cfg.batch_size // cfg.accum_steps
@@ -173,3 +178,20 @@ def check_against_data(cfg: TrainConfig, n_train: int, world_size: int, set_name
         if got_model is not None and got_model != model_id:
             raise ConfigError(f"anchors: {cfg.anchors} were retrieved with model {got_model!r}, not {model_id!r}; "
                               f"retrieve anchors with {model_id!r}")
+        if classnames is not None:
+            _check_anchor_classes(cfg.anchors, anchor_meta, set_name, list(classnames))
+
+
+def _check_anchor_classes(anchors: str | None, meta: dict[str, Any], set_name: str, classnames: list[str]) -> None:
+    """The sidecar's ``classnames_hash`` / ``n_classes`` (written by ``arf retrieve``) against the set's classes."""
+    from arf.anchors.sources import ImageSet
+
+    # The hash the retrieval stage wrote, computed by the same code (ImageSet.classnames_hash).
+    ours = ImageSet(name=set_name, root=Path("."), paths=[], classnames=classnames).classnames_hash()
+    got_hash, got_n = meta.get("classnames_hash"), meta.get("n_classes")
+    if (got_hash is not None and got_hash != ours) or (got_n is not None and got_n != len(classnames)):
+        raise ConfigError(
+            f"anchors: {anchors} were retrieved for other class names (classnames_hash {got_hash}, {got_n} classes) "
+            f"than the finetuning set {set_name!r} (classnames_hash {ours}, {len(classnames)} classes, e.g. "
+            f"{', '.join(classnames[:3])}); retrieve anchors for this set"
+        )

@@ -222,7 +222,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
     anchor_meta = read_anchor_meta(cfg.anchors) if cfg.lambda_ret > 0 and cfg.anchors else None
     if bundle is None:
         bundle = arf.models.create_model(cfg.model, device=str(device))
-    check_against_data(cfg, len(ds), info.world_size, ds.name, str(bundle.model_id), anchor_meta)
+    check_against_data(cfg, len(ds), info.world_size, ds.name, str(bundle.model_id), anchor_meta,
+                       classnames=getattr(ds, "classnames", None))
     captions = read_captions(cfg.captions, ds) if cfg.lambda_cap > 0 and cfg.captions else None
     anchors: Anchors | None = None
     if cfg.lambda_ret > 0 and cfg.anchors:
