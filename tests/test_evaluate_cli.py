@@ -128,3 +128,56 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown suite 'nope'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_wise_alpha0_reuses_the_zeroshot_evaluation_for_every_method(bench, finetuned, tmp_path, monkeypatch):
+    """α = 0 is the zero-shot model with its zero-shot heads, whatever the method: evaluated once, recorded per
+    method so that each method's curve still starts there."""
+    import arf.evaluate.runner as runner
+    from arf.data import get_suite
+    from arf.evaluate import evaluate_to_file, model_tag
+    from arf.evaluate.wise import wise_sweep
+    from arf.report.plots import curve_points
+
+    encoded: list[tuple[str, float | None]] = []
+    real_encode_set = runner.encode_set
+
+    def counting_encode_set(bundle, ds, opts):
+        encoded.append((ds.name, current_alpha[0]))
+        return real_encode_set(bundle, ds, opts)
+
+    current_alpha: list[float | None] = [None]
+    monkeypatch.setattr(runner, "encode_set", counting_encode_set)
+    sets = [s for s in get_suite("offline", root=bench).sets if s.role != "train"]
+    records = tmp_path / "records.jsonl"
+    opts = runner.EvalOptions(progress=False)
+    zs = evaluate_to_file(create_model("arf:tiny-clip"), sets, None, records, tag=model_tag("arf:tiny-clip"),
+                          opts=opts)
+    assert len(encoded) == len(sets)
+
+    # A FLYP-like checkpoint (no trained head) and the FT one (trained head over the ID classes, same templates).
+    flyp = tmp_path / "flyp" / "final"
+    b = create_model("arf:tiny-clip")
+    with torch.no_grad():
+        for p in b.model.parameters():
+            p.add_(0.01)
+    save_checkpoint(b, flyp, extra={"method": "flyp", "seed": 0})
+    for method, ckpt in (("flyp", flyp), ("ft", finetuned)):
+        encoded.clear()
+        for alpha in (0.0, 1.0):
+            current_alpha[0] = alpha
+            wise_sweep("arf:tiny-clip", str(ckpt), [alpha], sets=sets, records_path=records, opts=opts,
+                       method=method)
+        assert [a for _, a in encoded] == [1.0] * len(sets), (method, encoded)   # nothing encoded at α = 0
+
+    recs = read_records(records)
+    zs_hash = {(r.set, r.metric): (r.config_hash, r.value) for r in zs}
+    for method in ("flyp", "ft"):
+        alpha0 = [r for r in recs if r.method == method and r.alpha == 0.0]
+        assert {(r.set, r.metric): (r.config_hash, r.value) for r in alpha0} == zs_hash
+        assert all(r.head == "zeroshot" for r in alpha0)
+    # Each method's curve starts at the zero-shot point.
+    pts = curve_points(recs)
+    for method in ("flyp", "ft"):
+        assert [p.alpha for p in pts[method]] == [0.0, 1.0]
+        assert (pts[method][0].x, pts[method][0].y) == (pts["zeroshot"][0].x, pts["zeroshot"][0].y)

@@ -153,3 +153,33 @@ def test_records_identify_weights_and_sets_and_skip_done(tmp_path):
     relabelled = make_set(tmp_path, "a", "id", [0, 1], wrong=1)
     third = evaluate_to_file(bundle, [relabelled], None, out, opts=OPTS)
     assert third[0].value == 75.0 and len(read_records(out)) == 4
+
+
+def test_same_weights_head_and_set_under_another_tag_are_reused_not_reevaluated(tmp_path, monkeypatch):
+    import arf.evaluate.runner as runner
+    from arf.evaluate import evaluate_to_file, read_records
+
+    calls: list[str] = []
+    real = runner.encode_set
+
+    def counting(bundle, ds, opts):
+        calls.append(ds.name)
+        return real(bundle, ds, opts)
+
+    monkeypatch.setattr(runner, "encode_set", counting)
+    bundle = OracleBundle(NAMES)
+    sets = [make_set(tmp_path, "a", "id", [0, 1]), make_set(tmp_path, "b", "zeroshot", [2, 3], wrong=1)]
+    out = tmp_path / "r.jsonl"
+    first = evaluate_to_file(bundle, sets, None, out, tag=ModelTag("base"), opts=OPTS)
+    assert calls == ["a", "b"]
+    other = ModelTag("runs/x/final", method="flyp", alpha=0.0, seed=1, config_hash="trainhash")
+    copied = evaluate_to_file(bundle, sets, None, out, tag=other, opts=OPTS)
+    assert calls == ["a", "b"]                                            # nothing encoded again
+    assert [(r.model, r.method, r.alpha, r.seed) for r in copied] == [("runs/x/final", "flyp", 0.0, 1)] * 2
+    assert [(r.set, r.value, r.config_hash) for r in copied] == [(r.set, r.value, r.config_hash) for r in first]
+    assert read_records(out) == first + copied                            # recorded under the new tag
+    # Other weights under that tag: evaluated.
+    with torch.no_grad():
+        bundle.model.proj.weight.add_(1.0)
+    evaluate_to_file(bundle, sets[:1], None, out, tag=other, opts=OPTS)
+    assert calls == ["a", "b", "a"]

@@ -93,3 +93,13 @@ def test_wise_points_endpoints_and_trained_head(tmp_path):
             assert all(torch.equal(sd[k], ref[k]) for k in ref if k != "steps")
         acc[p.alpha] = evaluate(p.bundle, [ds], p.head, opts=EvalOptions(progress=False))[0].value
     assert acc[0.0] == 100.0 and acc[1.0] == 0.0
+
+
+def test_tensors_the_finetuning_left_alone_stay_bit_identical_at_every_alpha():
+    t0, t1 = states()
+    t1["frozen"] = t0["frozen"] = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    for alpha in (0.1, 0.3, 0.7):
+        mixed = interpolate(t0, t1, alpha)
+        assert torch.equal(mixed["frozen"], t0["frozen"])
+        assert mixed["frozen"].data_ptr() != t0["frozen"].data_ptr()   # a copy, inputs untouched
+        assert torch.allclose(mixed["w"], (1 - alpha) * t0["w"] + alpha * t1["w"])

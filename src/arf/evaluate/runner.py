@@ -8,6 +8,7 @@ set, as in WiSE-FT.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -145,16 +146,19 @@ def evaluate(
 
     ``head``: a trained head (e.g. from :func:`arf.evaluate.load_trained_head`), used for the sets in its label
     space; every other set gets the model's zero-shot head built from the set's class names and templates.
-    Values are percentages. Each record's ``config_hash`` identifies the weights, the head and the set's
-    content; sets whose records are already in ``done`` (same hash) are not evaluated again — their records
-    from ``done`` are returned instead.
+    Values are percentages. Each record's ``config_hash`` identifies what its number depends on — the weights, the
+    head and the set's content, not the tag — so a set already evaluated in ``done`` with the same hash is not
+    evaluated again: under the same tag its old record is returned; under another tag (e.g. every WiSE-FT
+    sweep's α = 0 point, which is the zero-shot model already evaluated as ``zeroshot``) a copy carrying this tag.
     """
     opts = opts or EvalOptions()
     tag = tag or ModelTag(model=str(getattr(bundle, "model_id", "model")))
-    previous: dict[str, list[Record]] = {}
+    mine: dict[str, list[Record]] = {}
+    anyone: dict[str, list[Record]] = {}
     for r in done or ():
+        anyone.setdefault(r.config_hash, []).append(r)
         if r.model == tag.model and r.method == tag.method and r.alpha == tag.alpha and r.seed == tag.seed:
-            previous.setdefault(r.config_hash, []).append(r)
+            mine.setdefault(r.config_hash, []).append(r)
     model_fp = weights_fingerprint(bundle.model)
     records: list[Record] = []
     for ds in sets:
@@ -163,12 +167,19 @@ def evaluate(
         covered, groups = label_groups(ds, head) if head is not None else (False, None)
         trained = head if covered and head is not None else None
         head_fp = tensor_fingerprint(trained.weight, trained.bias) if trained is not None else "zeroshot"
-        chash = config_hash(tag.config_hash, model_fp, head_fp, groups, set_fingerprint(ds))
+        chash = config_hash(model_fp, head_fp, groups, set_fingerprint(ds))
         metrics = metrics_for(len(ds.classnames))
-        old = {r.metric: r for r in previous.get(chash, [])}
+        old = {r.metric: r for r in mine.get(chash, [])}
         if set(metrics) <= set(old):
             log.info("%s on %s: already evaluated (config %s); kept", tag.model, ds.name, chash)
             records.extend(old[m] for m in metrics)
+            continue
+        same = {r.metric: r for r in anyone.get(chash, [])}
+        if set(metrics) <= set(same):
+            log.info("%s on %s: the same weights, head and images were evaluated as %s (%s, alpha %s); reused",
+                     tag.model, ds.name, same["top1"].model, same["top1"].method, same["top1"].alpha)
+            records.extend(dataclasses.replace(same[m], model=tag.model, method=tag.method, alpha=tag.alpha,
+                                               seed=tag.seed) for m in metrics)
             continue
         use_head = trained or zeroshot_head(bundle, ds.classnames, ds.templates, device=opts.device, cache=cache)
         feats, labels = encode_set(bundle, ds, opts)

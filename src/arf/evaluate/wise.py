@@ -58,7 +58,9 @@ def interpolate(
             out[k] = t1.detach().clone()
         elif alpha == 0.0:
             out[k] = t0.detach().clone()
-        elif alpha == 1.0:
+        elif alpha == 1.0 or torch.equal(t0, t1):
+            # A tensor the finetuning left alone (a frozen tower) stays bit-identical at every α, so the weights'
+            # fingerprints — and the zero-shot heads cached by them — do not change along the sweep.
             out[k] = t1.detach().clone()
         else:
             mixed = (1.0 - alpha) * t0.detach().float() + alpha * t1.detach().float().to(t0.device)
@@ -204,8 +206,24 @@ def wise_sweep(
         if sets is not None:
             tag = type(tag1)(model=tag1.model, method=tag1.method, alpha=point.alpha, seed=tag1.seed,
                              config_hash=tag1.config_hash)
-            if records_path is not None:
-                records.extend(evaluate_to_file(point.bundle, sets, point.head, records_path, tag=tag, opts=opts))
-            else:
-                records.extend(evaluate(point.bundle, sets, point.head, tag=tag, opts=opts))
+            for head, group in _head_groups(point, sets):
+                if records_path is not None:
+                    records.extend(evaluate_to_file(point.bundle, group, head, records_path, tag=tag, opts=opts))
+                else:
+                    records.extend(evaluate(point.bundle, group, head, tag=tag, opts=opts))
     return records
+
+
+def _head_groups(point: WisePoint, sets: Sequence[Any]) -> list[tuple[Head | None, list[Any]]]:
+    """The sets to evaluate with ``point.head`` and those to evaluate with the model's own zero-shot heads.
+
+    At α = 0 the head is θ0's zero-shot head over the trained classes and templates: for a set with exactly those
+    classes and templates it is the very head the zero-shot evaluation builds, so such sets are evaluated head-less.
+    Their records then carry the zero-shot evaluation's hash and are reused from it instead of being recomputed.
+    """
+    head = point.head
+    if head is None or point.alpha != 0.0:
+        return [(head, list(sets))]
+    own = [ds for ds in sets if list(ds.classnames) == head.classnames and list(ds.templates) == head.templates]
+    rest = [ds for ds in sets if all(ds is not o for o in own)]
+    return [(h, g) for h, g in ((None, own), (head, rest)) if g]
