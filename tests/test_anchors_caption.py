@@ -21,6 +21,7 @@ from arf.anchors.config import CaptionConfig
 from arf.anchors.sources import resolve_set
 from arf.cli import main
 from arf.errors import InputFileError
+from arf.images import TooManyBadInputs
 from test_anchors_common import make_folder_set
 
 CORPUS = ["a red square on white", "a blue square", "a small red box", "a green circle", "a red square",
@@ -119,7 +120,7 @@ def test_file_captioner_lists_missing_images(tmp_path: Path) -> None:
     images = resolve_set(make_folder_set(tmp_path / "set", per_class=3))
     p = tmp_path / "caps.parquet"
     pq.write_table(pa.table({"image_id": images.paths[:2], "caption": ["x", "y"]}), p)
-    with pytest.raises(InputFileError, match=r"no caption for 4 of 6 images, e\.g\. blue/blue_2.png"):
+    with pytest.raises(TooManyBadInputs, match=r"no usable caption for 4 of 6 images .*e\.g\. blue/blue_2.png \("):
         run_caption(CaptionConfig(images="s", captioner=f"file:{p}", out=str(tmp_path / "o")), images=images)
 
 

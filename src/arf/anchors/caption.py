@@ -84,6 +84,10 @@ def _caption_chunk(captioner: Captioner, images: ImageSet, ids: list[str], batch
                 continue
         caps = captioner.caption(pils, batch_ids, paths)
         for i, p, c in zip(batch_ids, paths, caps, strict=True):
+            if c is None:  # e.g. file: with no usable row for this image; counted like an undecodable image
+                skipped[i] = captioner.skip_reason(i)
+                counter.skip(i, skipped[i])
+                continue
             counter.ok()
             rows.append((i, p, c))
     return rows, skipped

@@ -9,10 +9,12 @@
   best text, followed — after ", " — by the words of each further candidate that are neither already in the
   caption (case- and punctuation-insensitive) nor stop words; a candidate that adds no word is dropped. So the
   caption is the nearest corpus description enriched with the distinct details of its close runners-up.
-- ``file:<parquet/csv>`` — captions the user already has (``caption`` plus ``image_id`` or ``path``).
+- ``file:<parquet/csv>`` — captions the user already has (``caption`` plus ``image_id`` or ``path``); bad rows
+  and duplicates are handled as described in :class:`FileCaptioner`.
 
 ``create_captioner(spec, cfg)`` returns an object with ``id``, ``needs_pixels``, ``prepare(image_ids, paths)``
-(checks inputs up front) and ``caption(images, image_ids, paths) -> list[str]``.
+(checks inputs up front) and ``caption(images, image_ids, paths) -> list[str | None]`` (``None``: no caption for
+that image; the stage skips and counts it with ``skip_reason(image_id)``).
 """
 
 from __future__ import annotations
@@ -49,8 +51,14 @@ class Captioner:
     def prepare(self, image_ids: Sequence[str], paths: Sequence[str]) -> None:
         """Check the inputs before any work (e.g. that every image has a caption in a file)."""
 
-    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
+    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str],
+                paths: Sequence[str]) -> list[str | None]:
+        """One caption per image; ``None`` for an image the captioner has none for (the stage skips and counts it,
+        giving :meth:`skip_reason`)."""
         raise NotImplementedError
+
+    def skip_reason(self, image_id: str) -> str:
+        return "the captioner gave no caption"
 
 
 def create_captioner(spec: str, cfg: CaptionConfig | None = None) -> Captioner:
@@ -248,46 +256,172 @@ def _retrieval(arg: str | None, cfg: CaptionConfig) -> Captioner:
 
 
 # --------------------------------------------------------------------------------------------------- file:<path>
+KEY_COLUMNS = ("image_id", "path")
+
+
+def _cell(value: Any) -> str | None:
+    """A captions-file cell as text; ``None`` for text that is not UTF-8, ``""`` for a null."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")   # CSV cells keep undecodable bytes as surrogates (surrogateescape)
+        except UnicodeEncodeError:
+            return None
+        return value
+    return "" if value is None else str(value)
+
+
+Rows = list[tuple[str, dict[str, Any]]]
+
+
+def _read_rows(p: Path) -> tuple[list[str], Rows, list[tuple[str, str]]]:
+    """Column names, ``(where, cells)`` per row and ``(where, problem)`` per malformed CSV line.
+
+    Parquet rows are ``row N`` (from 1, after the header); CSV rows are ``line N`` of the file (the header is line
+    1). CSV is read by Python's ``csv`` with undecodable bytes kept as surrogates, so one bad byte or one line
+    with the wrong number of fields is one bad row: pyarrow would read a whole column with any invalid UTF-8 as
+    binary, turn "001" into 1, and cannot hand over a malformed line that is also not UTF-8.
+    """
+    try:
+        if p.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p)
+            cols = table.column_names
+            data = {c: table.column(c).to_pylist() for c in ("caption", *KEY_COLUMNS) if c in cols}
+            return cols, [(f"row {i + 1}", {c: v[i] for c, v in data.items()}) for i in range(table.num_rows)], []
+        import csv
+
+        rows: Rows = []
+        malformed: list[tuple[str, str]] = []
+        with open(p, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            reader = csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+            header = next(reader, None)
+            if header is None:
+                raise InputFileError(f"captions file {p}: empty file")
+            cols = [c.strip() for c in header]
+            for cells in reader:
+                if not cells:
+                    continue   # a blank line
+                where = f"line {reader.line_num}"
+                if len(cells) != len(cols):
+                    malformed.append((where, f"{len(cells)} fields, the header has {len(cols)}"))
+                else:
+                    rows.append((where, dict(zip(cols, cells, strict=True))))
+        return cols, rows, malformed
+    except InputFileError:
+        raise
+    except Exception as e:  # pyarrow raises several types for truncated or non-parquet files; csv.Error, OSError
+        raise InputFileError(f"captions file {p}: cannot read ({type(e).__name__}: {e})") from None
+
+
 class FileCaptioner(Captioner):
+    """Captions the user already has, from a parquet or CSV file with ``caption`` and ``image_id`` and/or ``path``.
+
+    The file itself must be readable and have those columns, else one :class:`InputFileError` naming the file
+    (and the missing column). Bad rows are data problems, skipped and counted (``BadInputCounter``, failing past
+    ``max_bad_fraction`` of the rows, naming the first rows): a caption or key that is not UTF-8, a null, empty or
+    whitespace-only caption, a row without a key, a CSV line with the wrong number of fields, and a row giving an
+    image another caption than an earlier row. **Duplicates, deliberately**: the first usable row of an image wins
+    (file order, as in ``arf.data`` manifests and the training captions reader), a later row with the same
+    caption is harmless and dropped silently, a later row with another caption is counted as bad. Images left
+    without a caption are skipped by the stage like undecodable images (see :meth:`caption`); ``prepare`` fails
+    up front when they are more than ``max_bad_fraction`` of the set. Bad rows are named ``line N`` (CSV, the
+    header is line 1) or ``row N`` (parquet, from 1).
+    """
+
     needs_pixels = False
 
-    def __init__(self, path: str | Path) -> None:
-        import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
+    def __init__(self, path: str | Path, max_bad_fraction: float = 0.05) -> None:
+        from arf.images import BadInputCounter
+        from arf.io import sha256_file
 
         p = Path(path)
         if not p.is_file():
             raise InputFileError(f"captions file not found: {p}")
-        table = pq.read_table(p) if p.suffix == ".parquet" else pacsv.read_csv(p)
-        cols = table.column_names
-        if "caption" not in cols or not ({"image_id", "path"} & set(cols)):
-            raise InputFileError(f"captions file {p}: needs 'caption' and 'image_id' or 'path' columns; has {cols}")
-        self.id = f"file:{p.name}"
         self.path = p
-        captions = [str(c) for c in table.column("caption").to_pylist()]
+        self.max_bad_fraction = max_bad_fraction
+        cols, rows, malformed = _read_rows(p)
+        if "caption" not in cols or not set(KEY_COLUMNS) & set(cols):
+            missing = "caption" if "caption" not in cols else "image_id' or 'path"
+            raise InputFileError(f"captions file {p}: no '{missing}' column; it has {cols} and needs 'caption' "
+                                 "and 'image_id' or 'path'")
+        # The content hash is part of the id, so a corrected file is never served the captions of the old one.
+        self.id = f"file:{p.name}@{sha256_file(p)[:8]}"
+        counter = BadInputCounter(f"captions file {p}", max_bad_fraction, total=len(rows) + len(malformed))
+        for where, problem in malformed:
+            counter.skip(where, problem)
         self.by_key: dict[str, str] = {}
-        for col in ("path", "image_id"):  # image_id wins where both are given
-            if col in cols:
-                for key, cap in zip(table.column(col).to_pylist(), captions, strict=True):
-                    self.by_key[str(key)] = cap
+        self.first_row: dict[str, str] = {}
+        self.row_problems: dict[str, str] = {}   # key -> why its row was skipped (for images left without caption)
+        for where, cells in rows:
+            row_keys = [k for k in (_cell(cells[c]) for c in KEY_COLUMNS if c in cells) if k is not None and k.strip()]
+            cap = _cell(cells["caption"])
+            problem = None
+            if not row_keys:
+                problem = "no image_id or path (empty or not UTF-8)"
+            elif cap is None:
+                problem = "column 'caption' is not UTF-8 text"
+            elif not cap.strip():
+                problem = "empty caption"
+            else:
+                cap = " ".join(cap.split())
+                known = [k for k in row_keys if k in self.by_key]
+                clash = next((k for k in known if self.by_key[k] != cap), None)
+                if clash is not None:
+                    problem = f"gives {clash} another caption than {self.first_row[clash]}, which is kept"
+                elif len(known) == len(row_keys):
+                    counter.ok()   # an identical repeat: nothing new, nothing wrong
+                    continue
+            if problem is not None:
+                counter.skip(where, problem)
+                for k in row_keys:
+                    self.row_problems.setdefault(k, f"{where}: {problem}")
+                continue
+            for k in row_keys:
+                self.by_key.setdefault(k, cap)
+                self.first_row.setdefault(k, where)
+            counter.ok()
+        counter.check()
+        if counter.n_bad:
+            log.warning("%s", counter.summary())
+        self.missing: dict[str, str] = {}
 
     def _lookup(self, image_id: str, path: str) -> str | None:
         return self.by_key.get(image_id) or self.by_key.get(path) or self.by_key.get(str(Path(path).resolve()))
 
     def prepare(self, image_ids: Sequence[str], paths: Sequence[str]) -> None:
-        missing = [i for i, p in zip(image_ids, paths, strict=True) if self._lookup(i, p) is None]
-        if missing:
-            raise InputFileError(
-                f"captions file {self.path} has no caption for {len(missing)} of {len(image_ids)} images, "
-                f"e.g. {', '.join(missing[:5])}"
-            )
+        from arf.images import TooManyBadInputs
 
-    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
-        return [self._lookup(i, p) or "" for i, p in zip(image_ids, paths, strict=True)]
+        self.missing = {}   # image_id -> why it has no caption
+        for i, p in zip(image_ids, paths, strict=True):
+            if self._lookup(i, p) is None:
+                self.missing[i] = next((self.row_problems[k] for k in (i, p, str(Path(p).resolve()))
+                                        if k in self.row_problems), "no row for it")
+        if len(self.missing) > self.max_bad_fraction * len(image_ids):   # a wrong file: fail before any work
+            raise TooManyBadInputs(
+                f"captions file {self.path} has no usable caption for {len(self.missing)} of {len(image_ids)} "
+                f"images (more than max_bad_fraction={self.max_bad_fraction}), e.g. "
+                + "; ".join(f"{k} ({v})" for k, v in list(self.missing.items())[:5])
+            )
+        if self.missing:
+            log.warning("captions file %s: %d of %d images have no usable caption; they are skipped", self.path,
+                        len(self.missing), len(image_ids))
+
+    def caption(self, images: Sequence[Any] | None, image_ids: Sequence[str],
+                paths: Sequence[str]) -> list[str | None]:
+        return [self._lookup(i, p) for i, p in zip(image_ids, paths, strict=True)]
+
+    def skip_reason(self, image_id: str) -> str:
+        return f"no usable caption in {self.path.name} ({self.missing.get(image_id, 'no row for it')})"
 
 
 @CAPTIONERS.register("file")
 def _file(arg: str | None, cfg: CaptionConfig) -> Captioner:
     if not arg:
         raise ConfigError("captioner: 'file' needs a path, e.g. file:captions.parquet")
-    return FileCaptioner(arg)
+    return FileCaptioner(arg, cfg.max_bad_fraction)
