@@ -27,9 +27,15 @@ TINY = [
 
 @pytest.mark.integration
 def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ARF_DATA", str(tmp_path / "data"))
+    # The benchmark goes to a non-default folder (data.out); the default location stays empty, so any stage that
+    # read the default instead of the built root would fail.
+    default = tmp_path / "default-data"
+    monkeypatch.setenv("ARF_DATA", str(default))
+    bench = tmp_path / "elsewhere" / "bench"
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--set", *TINY]) == 0
+    args = ["demo", "--out", str(out), "--set", *TINY, f"data.out={bench}"]
+    assert main(args) == 0
+    assert (bench / "manifest.json").is_file() and not default.exists()
 
     report = out / "report"
     table = (report / "results.md").read_text()
@@ -43,13 +49,36 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     assert {r["role"] for r in records} >= {"id", "shift", "zeroshot"}
     captions = out / "anchors" / "captions"
     assert any(captions.rglob("*.parquet"))
+    assert len(list((captions / "corpus_emb").glob("text_emb_*.npy"))) == 1
+    anchors = json.loads((out / "anchors" / "retrieved" / "anchors.json").read_text())
+    assert anchors["finetune_set"] == "train" and anchors["n_anchors"] > 0
+    # α = 0 is the zero-shot model for every method: its records are the zero-shot evaluation's, not new ones.
+    zeroshot = {(r["set"], r["metric"]): r["config_hash"] for r in records if r["method"] == "zeroshot"}
+    for method in ("flyp", "arf"):
+        alpha0 = {(r["set"], r["metric"]): r["config_hash"] for r in records
+                  if r["method"] == method and r["alpha"] == 0.0}
+        assert alpha0 == zeroshot, method
 
     # A re-run with the same inputs trains nothing again and appends no duplicate records.
     finals = {p: p.stat().st_mtime_ns for p in (out / "train").glob("*/final/open_clip_model.safetensors")}
     assert len(finals) == 3
-    assert main(["demo", "--out", str(out), "--set", *TINY]) == 0
+    # Records left by older weights of a method (another config_hash) or by alphas no longer swept are not
+    # reported and leave the records file.
+    ft1 = next(r for r in records if r["method"] == "ft" and r["alpha"] == 1.0 and r["metric"] == "top1")
+    stale = [{**ft1, "config_hash": "0ldc0nf1g000", "value": 99.25},
+             {**ft1, "alpha": 0.3, "config_hash": "0ldc0nf1g001", "value": 98.75}]
+    with (out / "records.jsonl").open("a") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in stale)
+    assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in finals} == finals
-    assert len((out / "records.jsonl").read_text().splitlines()) == len(records)
+    kept = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert sorted(map(json.dumps, kept)) == sorted(map(json.dumps, records))
+    assert [json.loads(line) for line in (out / "records.jsonl.stale").read_text().splitlines()] == stale
+    summary = (report / "summary.json").read_text() + (report / "results.csv").read_text()
+    assert "99.25" not in summary and "98.75" not in summary and "0.3" not in json.dumps(
+        [row["alpha"] for row in json.loads((report / "summary.json").read_text())["rows"]])
+    ft_row = next(row for row in json.loads((report / "summary.json").read_text())["rows"] if row["label"] == "ft")
+    assert ft_row["cells"][ft1["set"]]["mean"] == pytest.approx(ft1["value"])
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) >= {"data", "zeroshot", "captions", "pool", "train", "wise", "report"}
 
@@ -60,3 +89,15 @@ def test_demo_rejects_unknown_method(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown method config 'nope'; choose from .*flyp"):
         load_demo_config(overrides=["methods=[nope]", f"out={tmp_path}"])
     assert main(["demo", "--out", str(tmp_path), "--set", "methods=[nope]"]) == 2
+
+
+def test_suite_spec_names_a_data_root_and_parses_back(tmp_path: Path) -> None:
+    from arf.anchors.sources import parse_suite_spec, suite_spec
+
+    root = tmp_path / "odd@name" / "v1"
+    assert suite_spec("offline", "train") == "suite:offline/train"
+    assert parse_suite_spec(suite_spec("offline", "train")) == ("offline", "train", None)
+    assert parse_suite_spec(suite_spec("offline", "train", root)) == ("offline", "train", root.resolve())
+    for bad in ("suite:offline", "suite:/train", "suite:offline/train@"):
+        with pytest.raises(ConfigError, match="suite:<suite>/<set>"):
+            parse_suite_spec(bad)

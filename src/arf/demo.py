@@ -17,6 +17,7 @@ ablations and three seeds (the protocol of ``docs/RESULTS.md``).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -94,8 +95,11 @@ class StageTimer:
         log.info("── stage %s done in %.1f s", name, self.times[name])
 
 
-def _set_spec(name: str) -> str:
-    return f"suite:offline/{name}"
+def _set_spec(name: str, data_root: Path) -> str:
+    """A set of the benchmark this demo built, wherever ``data.out`` put it (the anchor stages read it by spec)."""
+    from arf.anchors.sources import suite_spec
+
+    return suite_spec("offline", name, data_root)
 
 
 def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) -> Path:
@@ -109,12 +113,12 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
     from arf.anchors.retrieve import retrieve
     from arf.data import get_suite
     from arf.data.offline import build
-    from arf.evaluate.records import read_records
+    from arf.evaluate.records import Record
     from arf.evaluate.runner import evaluate_to_file, model_tag
     from arf.evaluate.wise import parse_alphas, wise_sweep
     from arf.io import write_json
     from arf.models import create_model
-    from arf.models.align import build_base
+    from arf.models.align import build_base, read_corpus
     from arf.report import build_report
     from arf.train.config import TrainConfig
     from arf.train.loop import train, train_hash
@@ -126,6 +130,9 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo.yaml")
     records = out / "records.jsonl"
+    # The records of this run's models (evaluated now or found in records.jsonl): the report is built from these
+    # only, never from records of weights an earlier configuration left in the file.
+    current: list[Record] = []
     timer = StageTimer()
 
     def stage(name: str) -> Any:
@@ -141,15 +148,19 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
 
     if cfg.model == "arf:mini-clip":
         with stage("base"):
-            base = build_base(cfg=cfg.base)
+            # A benchmark built elsewhere than the default location also supplies the base's alignment corpus.
+            pairs = read_corpus(data_root / "alignment.parquet") if cfg.data.out else None
+            base = build_base(pairs, cfg=cfg.base, provisional=False if pairs is not None else None)
             log.info("base model: %s", base.out_dir)
 
     with stage("zeroshot"):
         bundle = create_model(cfg.model)
-        evaluate_to_file(bundle, eval_sets, None, records, tag=model_tag(cfg.model, method="zeroshot", seed=None))
+        current += evaluate_to_file(bundle, eval_sets, None, records,
+                                    tag=model_tag(cfg.model, method="zeroshot", seed=None))
 
     with stage("captions"):
-        cap = run_caption(CaptionConfig(images=_set_spec(train_set.name), captioner=cfg.captioner, model=cfg.model,
+        cap = run_caption(CaptionConfig(images=_set_spec(train_set.name, data_root), captioner=cfg.captioner,
+                                        model=cfg.model, corpus=str(data_root / "alignment.parquet"),
                                         out=str(out / "anchors" / "captions")))
         for image_id, caption in cap.sample[:5]:
             log.info("caption %s: %s", image_id, caption)
@@ -160,8 +171,8 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
                               progress=True))
         build_pool_index(IndexConfig(emb=str(emb)))
         anchors = retrieve(RetrieveConfig(
-            emb=str(emb), images=_set_spec(train_set.name), model=cfg.model, strategy=cfg.strategy, k=cfg.k,
-            exclude=[_set_spec(s.name) for s in eval_sets], out=str(out / "anchors" / "retrieved")))
+            emb=str(emb), images=_set_spec(train_set.name, data_root), model=cfg.model, strategy=cfg.strategy,
+            k=cfg.k, exclude=[_set_spec(s.name, data_root) for s in eval_sets], out=str(out / "anchors" / "retrieved")))
         log.info("retrieved %d anchors for %d classes", anchors.n_anchors, len(anchors.per_class))
 
     finals: list[tuple[str, int, Path]] = []
@@ -170,7 +181,9 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
             for seed in cfg.seeds:
                 overrides = [f"seed={seed}", f"out_dir={out / 'train'}", f"name={method}-s{seed}",
                              f"model={cfg.model}", f"captions={cap.path}", f"anchors={anchors.path}",
-                             *cfg.train_overrides]
+                             # Only a non-default data root is named: data_root is part of the training hash, and
+                             # None already means the default location that build() used.
+                             *([f"data_root={data_root}"] if cfg.data.out else []), *cfg.train_overrides]
                 tcfg = load_config(TrainConfig, method_config(method), overrides)
                 final = tcfg.run_dir / "final"
                 if _final_matches(final, train_hash(tcfg)):
@@ -181,11 +194,12 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
 
     with stage("wise"):
         for method, seed, final in finals:
-            wise_sweep(cfg.model, str(final), alphas, sets=eval_sets, records_path=records,
-                       method=method, seed=seed)
+            current += wise_sweep(cfg.model, str(final), alphas, sets=eval_sets, records_path=records,
+                                  method=method, seed=seed)
 
     with stage("report"):
-        report = build_report(read_records(records), out / "report")
+        _keep_only(records, current)
+        report = build_report(current, out / "report")
 
     write_json(out / "timings.json", timer.times)
     total = sum(timer.times.values())
@@ -193,6 +207,28 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
     print(f"\ndemo finished in {total / 60:.1f} min; report: {report.markdown_path.parent}")
     print(report.markdown_path.read_text())
     return report.markdown_path.parent
+
+
+def _keep_only(records: Path, current: list[Any]) -> None:
+    """Rewrite ``records`` to hold only ``current`` (this run's models, sets and alphas); move every other record
+    (older weights of a method, methods or alphas no longer run) to ``records.jsonl.stale``, which no report reads.
+
+    Left in place, an older config's records would be picked up by ``arf report <run>`` beside the current ones.
+    """
+    from arf.evaluate.records import append_records, read_records
+    from arf.io import atomic_open
+
+    if not records.is_file():
+        return
+    keep = {json.dumps(r.to_dict(), sort_keys=True) for r in current}
+    stale = [r for r in read_records(records) if json.dumps(r.to_dict(), sort_keys=True) not in keep]
+    if stale:
+        append_records(records.with_name(records.name + ".stale"), stale)
+        log.info("moved %d records of models, sets or alphas this run does not have to %s.stale", len(stale),
+                 records.name)
+    unique = list({json.dumps(r.to_dict(), sort_keys=True): None for r in current})
+    with atomic_open(records, "w") as f:
+        f.writelines(line + "\n" for line in unique)
 
 
 def _cap(ds: Any, n: int | None) -> Any:

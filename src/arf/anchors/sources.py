@@ -2,7 +2,8 @@
 
 Specs accepted everywhere in the anchor stages (``--images``, ``--exclude``):
 
-- ``suite:<suite>/<set>``: a set of an ``arf.data`` suite (e.g. ``suite:offline/train``);
+- ``suite:<suite>/<set>``: a set of an ``arf.data`` suite (e.g. ``suite:offline/train``), its data read from the
+  suite's default location, or ``suite:<suite>/<set>@<data root>`` from another one (see :func:`suite_spec`);
 - a ``.parquet`` / ``.csv`` manifest with a ``path`` column (relative to ``root``; by default the manifest's folder
   or the nearest ancestor holding the files, as in the offline benchmark) and optional ``label``/``classname``;
 - an image folder (recursively; in ImageFolder layout ``<class>/<image>`` the sub-folders are the classes).
@@ -108,12 +109,10 @@ def resolve_set(spec: Any, root: str | Path | None = None) -> ImageSet:
         return _from_labeled_set(spec, root)
     s = str(spec)
     if s.startswith("suite:"):
-        suite_name, _, set_name = s[len("suite:"):].partition("/")
-        if not set_name:
-            raise ConfigError(f"images: {s!r} must look like suite:<suite>/<set>")
+        suite_name, set_name, data_root = parse_suite_spec(s)
         import arf.data
 
-        suite = arf.data.get_suite(suite_name)
+        suite = arf.data.get_suite(suite_name, root=data_root)
         sets = {ls.name: ls for ls in suite.sets}
         if set_name not in sets:
             raise ConfigError(f"unknown set {set_name!r} in suite {suite_name!r}; choose from {', '.join(sets)}")
@@ -134,5 +133,23 @@ def suite_siblings(spec: str, root: str | Path | None = None) -> list[ImageSet]:
         return []
     import arf.data
 
-    suite_name, _, set_name = spec[len("suite:"):].partition("/")
-    return [_from_labeled_set(ls, root) for ls in arf.data.get_suite(suite_name).sets if ls.name != set_name]
+    suite_name, set_name, data_root = parse_suite_spec(spec)
+    return [_from_labeled_set(ls, root) for ls in arf.data.get_suite(suite_name, root=data_root).sets
+            if ls.name != set_name]
+
+
+def suite_spec(suite: str, set_name: str, data_root: str | Path | None = None) -> str:
+    """The spec of a suite's set: ``suite:<suite>/<set>``, with ``@<data root>`` when its data lives elsewhere than
+    the suite's default location (e.g. an offline benchmark built with ``arf data build --out``)."""
+    spec = f"suite:{suite}/{set_name}"
+    return f"{spec}@{Path(data_root).expanduser().resolve()}" if data_root is not None else spec
+
+
+def parse_suite_spec(spec: str) -> tuple[str, str, Path | None]:
+    """``suite:<suite>/<set>[@<data root>]`` → (suite, set, data root or None for the default location)."""
+    # Suite and set names hold no "@", so the first one starts the root (which may itself contain "@").
+    body, at, data_root = spec[len("suite:"):].partition("@")
+    suite_name, _, set_name = body.partition("/")
+    if not suite_name or not set_name or (at and not data_root):
+        raise ConfigError(f"images: {spec!r} must look like suite:<suite>/<set> or suite:<suite>/<set>@<data root>")
+    return suite_name, set_name, Path(data_root).expanduser() if at else None
