@@ -62,6 +62,9 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     # A re-run with the same inputs trains nothing again and appends no duplicate records.
     finals = {p: p.stat().st_mtime_ns for p in (out / "train").glob("*/final/open_clip_model.safetensors")}
     assert len(finals) == 3
+    cached = [out / "anchors" / "retrieved" / "anchors.parquet", *(out / "anchors" / "pool-emb").rglob("*.faiss*"),
+              *(captions / "corpus_emb").glob("*.npy")]
+    finals.update({p: p.stat().st_mtime_ns for p in cached})
     # Records left by older weights of a method (another config_hash) or by alphas no longer swept are not
     # reported and leave the records file.
     ft1 = next(r for r in records if r["method"] == "ft" and r["alpha"] == 1.0 and r["metric"] == "top1")
