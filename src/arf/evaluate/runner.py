@@ -47,6 +47,8 @@ class ModelTag:
     method: str = "zeroshot"
     alpha: float | None = None
     seed: int | None = None
+    # The training run's config hash (arf.json), for provenance only: a record's own config_hash is computed from
+    # the weights, head and set, so equal evaluations under different tags share it (see evaluate).
     config_hash: str = ""
 
 
