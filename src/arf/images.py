@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from PIL import Image, ImageFile
 
 from arf.errors import ArfError
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,10 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         raise BadImage(f"{label}: out of memory while decoding") from None
     except (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, Image.UnidentifiedImageError) as e:
         # Pillow's plugins raise any of these on malformed headers or chunks; all mean "this file is unusable".
-        raise BadImage(f"{label}: cannot decode ({type(e).__name__}: {e})") from None
+        # Pillow names in-memory sources "<_io.BytesIO object at 0x7f…>": the address differs per process, and
+        # skip reasons end up in outputs that a resumed run must reproduce byte for byte (pool shard markers).
+        reason = _ADDRESS.sub("", str(e))
+        raise BadImage(f"{label}: cannot decode ({type(e).__name__}: {reason})") from None
 
 
 class TooManyBadInputs(ArfError, RuntimeError):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import tarfile
 import threading
 import time
@@ -89,18 +88,6 @@ def open_pool_image(ref: str) -> Any:
     return open_image(ref)
 
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _stable_reason(e: BadImage) -> str:
-    """The reason a pair was skipped, without the object addresses Pillow puts in some messages.
-
-    Decoding from bytes, Pillow says "cannot identify image file <_io.BytesIO object at 0x7f…>"; the address
-    differs per process, and a resumed run must write shard markers byte-identical to an uninterrupted one.
-    """
-    return _ADDRESS.sub("", str(e))
-
-
 def _read_bytes(rec: PoolRecord) -> bytes:
     if rec.image is not None:
         return rec.image
@@ -144,7 +131,7 @@ class _ShardBatches:
                         keep.append(rec)
                         hashes.append(sha256_bytes(data))
                     except BadImage as e:
-                        bad.append((rec.pool_id, _stable_reason(e)))
+                        bad.append((rec.pool_id, str(e)))
             yield {
                 "shard": shard, "batch": b, "n_batches": n_b, "records": keep, "sha256": hashes, "bad": bad,
                 "images": torch.stack(pixels) if pixels else None,
