@@ -26,6 +26,8 @@ def test_endpoints_reproduce_models_exactly():
         assert torch.equal(out0[k], t0[k]) and torch.equal(out1[k], t1[k])
         assert out0[k].dtype == t0[k].dtype
     assert out0["w"] is not t0["w"]  # copies: the inputs stay untouched
+    # α = 0 is theta0 whole, integer buffers too: its fingerprint is the zero-shot model's
+    assert int(out0["n"]) == 3 and int(out1["n"]) == 7
 
 
 def test_midpoint_and_integer_buffers():
@@ -103,3 +105,19 @@ def test_tensors_the_finetuning_left_alone_stay_bit_identical_at_every_alpha():
         assert torch.equal(mixed["frozen"], t0["frozen"])
         assert mixed["frozen"].data_ptr() != t0["frozen"].data_ptr()   # a copy, inputs untouched
         assert torch.allclose(mixed["w"], (1 - alpha) * t0["w"] + alpha * t1["w"])
+
+
+def test_alpha0_of_a_model_with_other_integer_buffers_is_the_zero_shot_model(tmp_path):
+    from arf.evaluate import ModelTag, evaluate_to_file
+
+    b0, b1 = OracleBundle(NAMES[:4]), OracleBundle(NAMES[:4])
+    with torch.no_grad():
+        b1.model.proj.weight.add_(1.0)
+        b1.model.steps.fill_(5)   # finetuning moved an integer buffer (BatchNorm's num_batches_tracked)
+    ds = make_set(tmp_path, "s", "id", [0, 1, 2, 3])
+    out = tmp_path / "r.jsonl"
+    opts = EvalOptions(progress=False)
+    zs = evaluate_to_file(b0, [ds], None, out, tag=ModelTag("base"), opts=opts)
+    point = next(wise_points(b0, b1, [0.0]))
+    again = evaluate_to_file(point.bundle, [ds], None, out, tag=ModelTag("ft", method="ft", alpha=0.0), opts=opts)
+    assert [r.config_hash for r in again] == [r.config_hash for r in zs]

@@ -33,9 +33,9 @@ def interpolate(
     """``(1 - alpha) * theta0 + alpha * theta1`` for every floating-point tensor; inputs are not modified.
 
     Keys and shapes must match (the error names the first key that does not). Non-float entries (integer
-    buffers such as BatchNorm's ``num_batches_tracked``, token ids, masks) cannot be averaged; they are taken from
-    ``theta1``, the finetuned model, whose buffers describe the weights it was trained with. ``alpha`` 0 and 1
-    return exact copies of ``theta0`` and ``theta1``.
+    buffers such as BatchNorm's ``num_batches_tracked``, token ids, masks) cannot be averaged; for 0 < α they are
+    taken from ``theta1``, the finetuned model, whose buffers describe the weights it was trained with. ``alpha`` 0
+    and 1 return exact copies of ``theta0`` and ``theta1``.
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
         raise ConfigError(f"alpha: {alpha!r} is not a number in [0, 1]")
@@ -54,10 +54,12 @@ def interpolate(
         if t0.shape != t1.shape:
             raise ConfigError(f"state dicts differ: {k!r} has shape {tuple(t0.shape)} in theta0, {tuple(t1.shape)} "
                               "in theta1")
-        if not (t0.is_floating_point() and t1.is_floating_point()):
-            out[k] = t1.detach().clone()
-        elif alpha == 0.0:
+        if alpha == 0.0:
+            # Every entry of theta0, integer buffers included: α = 0 *is* the zero-shot model, and its weights'
+            # fingerprint must equal that model's so its evaluations are recognised (and reused) as the same.
             out[k] = t0.detach().clone()
+        elif not (t0.is_floating_point() and t1.is_floating_point()):
+            out[k] = t1.detach().clone()
         elif alpha == 1.0 or torch.equal(t0, t1):
             # A tensor the finetuning left alone (a frozen tower) stays bit-identical at every α, so the weights'
             # fingerprints — and the zero-shot heads cached by them — do not change along the sweep.
