@@ -385,10 +385,46 @@ def train_hash(cfg: TrainConfig) -> str:
 
 
 def _train_hash(cfg: TrainConfig) -> str:
-    # The fields that change what is trained (logging and run folder do not).
+    # The fields that change what is trained (logging and run folder do not), plus the *content* of the input
+    # files named by path: a caption or anchor file regenerated in place (another k, strategy or captioner) or a
+    # rebuilt `arf:mini-clip` is another run, which neither a cached final nor `--resume latest` may stand for.
     skip = {"out_dir", "name", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress",
             "num_workers", "device"}
-    return config_hash({k: v for k, v in vars(cfg).items() if k not in skip})
+    fields = {k: v for k, v in vars(cfg).items() if k not in skip}
+    return config_hash(fields, _input_digests(cfg))
+
+
+def _input_digests(cfg: TrainConfig) -> dict[str, str]:
+    from arf.train.config import anchor_parquet
+
+    out: dict[str, str] = {}
+    if cfg.lambda_cap > 0 and cfg.captions:
+        out["captions"] = _file_digest(Path(cfg.captions).expanduser())
+    if cfg.lambda_ret > 0 and cfg.anchors:
+        out["anchors"] = _file_digest(anchor_parquet(cfg.anchors))
+    if cfg.model == "arf:mini-clip":
+        from arf.models.mini_clip import built_base_dir
+
+        base = built_base_dir()
+        out["model"] = base.name if base is not None else "unbuilt"  # the folder name is the build's hash
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime): the hash is taken at every checkpoint."""
+    from arf.io import sha256_file
+
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"  # the config checks name the missing file before any training starts
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def _checkpoint(run_dir: Path, step: int, module: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
