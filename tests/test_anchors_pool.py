@@ -5,11 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from arf.anchors.config import PoolConfig
 from arf.anchors.encode import encode_pils, encode_texts
 from arf.anchors.pool import _Interrupted, embed_pool, load_embeddings, open_pool_image
 from arf.images import open_image
+from kill_fixtures import sigkill_when
 from test_anchors_common import make_image, make_pool, tiny_bundle
 
 
@@ -157,14 +156,7 @@ def test_sigkill_of_the_cli_then_rerun_is_byte_identical(tmp_path: Path) -> None
     ref, run = tmp_path / "ref", tmp_path / "run"
     full = _arf_pool_embed(src, ref)            # the uninterrupted run, alongside
     killed = _arf_pool_embed(src, run)
-    deadline = time.time() + 120
-    while not list((run / "done").glob("shard_*.json")):
-        assert killed.poll() is None, killed.communicate()[0]
-        assert time.time() < deadline, "no shard was written"
-        time.sleep(0.002)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
+    sigkill_when(killed, lambda: any((run / "done").glob("shard_*.json")), what="a finished shard")
     n_done = len(list((run / "done").glob("shard_*.json")))
     assert not (run / "embed_info.json").exists() and n_done < 21, "finished before the kill; proves nothing"
 

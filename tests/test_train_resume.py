@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from kill_fixtures import sigkill_when
 from train_fixtures import assert_stopped_at_good_checkpoint, make_benchmark
 
 STEPS = 6
@@ -46,14 +45,8 @@ def test_kill9_then_resume_latest_is_bit_identical(tmp_path):
     full = _arf("--config", str(cfg), "--name", "full")
     killed = _arf("--config", str(cfg), "--name", "killed")
     run = tmp_path / "runs" / "killed"
-    deadline = time.time() + 240
-    while not (run / "checkpoints" / "step_00000002").is_dir():
-        assert killed.poll() is None, killed.communicate()[0]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
+    sigkill_when(killed, (run / "checkpoints" / "step_00000002").is_dir, what="checkpoint step 2", timeout=240,
+                 poll=0.05)
     assert not (run / "final").exists(), "the run finished before it was killed; the test proves nothing"
     _finish(_arf("--config", str(cfg), "--name", "killed", "--resume", "latest"))
     _finish(full)
