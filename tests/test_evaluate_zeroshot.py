@@ -83,3 +83,30 @@ def test_trained_head_round_trip(tmp_path):
     assert back.classnames == CLASSES and back.reference == "pets" and back.templates == TEMPLATES
     assert '"model_id": "x"' in (tmp_path / "arf.json").read_text()  # merged, not replaced
     assert load_trained_head(tmp_path / "nothing") is None
+
+
+def test_head_from_trimmed_prompts_equals_full_context_head():
+    # The real MiniLM tower masks padding, so zero-shot heads are built from prompts without their all-padding
+    # columns; the head must equal the one from full-context tokens, and the text tower must see short inputs.
+    from open_clip import build_zero_shot_classifier
+
+    import arf.models
+    from arf.evaluate.zeroshot import _compute_head, fill_template
+
+    bundle = arf.models.create_model("arf:mini-clip-towers")
+    names = ["dog face", "red apple", "bus stop", "hot beverage"]
+    templates = ["a photo of a {}.", "an emoji of the {c}, drawn in a flat style"]
+    widths: list[int] = []
+    encode = bundle.model.encode_text
+
+    def spy(tokens, *a, **k):
+        widths.append(tokens.shape[1])
+        return encode(tokens, *a, **k)
+
+    bundle.model.encode_text = spy
+    trimmed = _compute_head(bundle, names, templates, "cpu")
+    assert widths and max(widths) < bundle.tokenizer.context_length
+    bundle.model.encode_text = encode
+    fill = [lambda c, t=t: fill_template(t, c) for t in templates]
+    full = build_zero_shot_classifier(bundle.model.eval(), bundle.tokenizer, names, fill, device="cpu").T
+    assert torch.allclose(trimmed, full.float(), atol=1e-5)
