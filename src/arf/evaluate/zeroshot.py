@@ -92,7 +92,7 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
 def _compute_head(bundle: Any, classnames: Sequence[str], templates: Sequence[str], device: str) -> torch.Tensor:
     from open_clip import build_zero_shot_classifier
 
-    from arf.train.frozen import text_pad_id, trim_padding
+    from arf.models.text import text_pad_id, trim_padding
 
     fill = [lambda c, t=t: fill_template(t, c) for t in templates]
     pad = text_pad_id(bundle.model)

@@ -1,4 +1,4 @@
-"""CPU budgets: run a frozen image-tower prefix without autograd and cache its output; trim text padding.
+"""CPU budgets: run a frozen image-tower prefix without autograd and cache its output (text padding: arf.models.text).
 
 With ``freeze_image_blocks: N`` the stem and the first N blocks never change, so their output for an image is a
 constant. :class:`TrunkSplit` cuts the image tower there: ``prefix`` (run under ``no_grad``; with no augmentation
@@ -55,27 +55,6 @@ def find_split(model: nn.Module, n_blocks: int) -> TrunkSplit | None:
     if n_blocks >= len(trunk.blocks):
         return None
     return TrunkSplit(visual, n_blocks)
-
-
-def text_pad_id(model: nn.Module) -> int | None:
-    """The pad token id of a Hugging Face text tower (which masks padding), else None.
-
-    Dropping all-padding columns is exact only for towers that mask padding (HF encoders with mean/CLS pooling);
-    open_clip's causal text transformer needs its full context length, so it gets None.
-    """
-    text = getattr(model, "text", None)
-    config = getattr(text, "config", None)
-    pad = getattr(config, "pad_token_id", None)
-    return int(pad) if pad is not None else None
-
-
-def trim_padding(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """Drop trailing columns that are padding in every row (prompts are far shorter than the context)."""
-    if pad_id is None or tokens.ndim != 2 or tokens.shape[1] == 0:
-        return tokens
-    used = (tokens != pad_id).any(dim=0).nonzero()
-    n = int(used.max().item()) + 1 if used.numel() else 1
-    return tokens[:, :n]
 
 
 @torch.no_grad()

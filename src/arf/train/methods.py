@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from arf.data import LabeledSet
+from arf.models.text import text_pad_id, trim_padding
 from arf.registry import Registry
 from arf.train.config import TrainConfig
 from arf.train.data import Anchors
-from arf.train.frozen import TrunkSplit, encode_prefix, find_split, text_pad_id, trim_padding
+from arf.train.frozen import TrunkSplit, encode_prefix, find_split
 from arf.train.losses import classification_loss, contrastive_loss, text_groups
 
 log = logging.getLogger(__name__)
