@@ -249,15 +249,17 @@ def _keep_only(records: Path, current: list[Any]) -> None:
 
     if not records.is_file():
         return
-    keep = {json.dumps(r.to_dict(), sort_keys=True) for r in current}
-    stale = [r for r in read_records(records) if json.dumps(r.to_dict(), sort_keys=True) not in keep]
+    def line(r: Any) -> str:  # the JSONL form append_records writes
+        return json.dumps(r.to_dict(), sort_keys=True)
+
+    keep = dict.fromkeys(line(r) for r in current)  # ordered, without repeats
+    stale = [r for r in read_records(records) if line(r) not in keep]
     if stale:
         append_records(records.with_name(records.name + ".stale"), stale)
         log.info("moved %d records of models, sets or alphas this run does not have to %s.stale", len(stale),
                  records.name)
-    unique = list({json.dumps(r.to_dict(), sort_keys=True): None for r in current})
     with atomic_open(records, "w") as f:
-        f.writelines(line + "\n" for line in unique)
+        f.writelines(k + "\n" for k in keep)
 
 
 def _cap(ds: Any, n: int | None) -> Any:
