@@ -114,3 +114,64 @@ def test_trim_padding():
     t = torch.tensor([[101, 5, 102, 0, 0], [101, 102, 0, 0, 0]])
     assert trim_padding(t, 0).tolist() == [[101, 5, 102], [101, 102, 0]]
     assert trim_padding(t, None) is t
+
+
+def _arf_step(tmp_path, bundle, ds, anchors, mode: str, state: dict) -> tuple[float, dict, dict]:
+    """One ARF step (λ_ret only) with anchor pixels ("pixels") or cached anchor activations ("cached")."""
+    from arf.images import BadInputCounter
+    from arf.train.data import StepDataset, StepSampler, collate
+    from arf.train.methods import Arf
+
+    bundle.model.load_state_dict(state)
+    cfg = TrainConfig(method="arf", batch_size=4, anchor_batch_size=4, freeze_image_blocks=4, lambda_cap=0.0,
+                      lambda_ret=1.0, cache_features=mode == "cached")
+    m = Arf(cfg, bundle, ds, None, anchors)
+    phase = m.phases(2)[0]
+    m.set_trainable(phase)
+    m.module.train()
+    m.freeze_norm_stats()
+    m.prepare(phase, torch.device("cpu"), None)
+    sampler = StepSampler(cfg, len(ds), len(anchors), 0, 1, 0, 2, lambda s: m.needs(phase))
+    data = StepDataset(ds, bundle.preprocess_val, False, anchors, BadInputCounter("t"))
+    batch = collate([data[k] for k in sampler.keys(0, 0)])
+    m.module.zero_grad(set_to_none=True)
+    losses = m.losses(m.module, batch, 0, phase)
+    losses["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in m.module.named_parameters() if p.grad is not None}
+    return losses["anchor_loss"].item(), grads, batch
+
+
+def test_cached_anchor_activations_give_the_same_step(tmp_path, effnet_bundle):
+    """Retrieved anchors through the cached frozen prefix: same anchor loss and gradients, no anchor decoded."""
+    from arf.train.data import read_anchors
+    from train_fixtures import make_anchors
+
+    root = make_benchmark(tmp_path / "b", per_class=2)
+    ds = arf.data.get_suite("offline", root).get("train")
+    anchors = read_anchors(make_anchors(root), root)
+    state = {k: v.clone() for k, v in effnet_bundle.model.state_dict().items()}
+    l_pix, g_pix, b_pix = _arf_step(tmp_path, effnet_bundle, ds, anchors, "pixels", state)
+    l_acts, g_acts, b_acts = _arf_step(tmp_path, effnet_bundle, ds, anchors, "cached", state)
+    assert "anchor_images" in b_pix and "anchor_images" not in b_acts and "images" not in b_acts
+    assert b_pix["anchor_indices"].tolist() == b_acts["anchor_indices"].tolist()
+    assert l_acts == pytest.approx(l_pix, rel=1e-5)
+    assert g_acts.keys() == g_pix.keys()
+    for n in g_pix:
+        torch.testing.assert_close(g_acts[n], g_pix[n], rtol=1e-3, atol=1e-5)
+
+
+def test_unreadable_cached_anchor_is_dropped_from_the_batch(tmp_path, effnet_bundle):
+    from arf.train.data import read_anchors
+    from train_fixtures import make_anchors
+
+    root = make_benchmark(tmp_path / "b", per_class=2, n_pool=40)  # 1 bad of 40 is under max_bad_fraction 5 %
+    ds = arf.data.get_suite("offline", root).get("train")
+    anchors = read_anchors(make_anchors(root), root)
+    state = {k: v.clone() for k, v in effnet_bundle.model.state_dict().items()}
+    _, _, full = _arf_step(tmp_path, effnet_bundle, ds, anchors, "cached", state)
+    bad = int(full["anchor_indices"][0])
+    with open(anchors.paths[bad], "wb") as f:
+        f.write(b"not an image")
+    loss, _, batch = _arf_step(tmp_path, effnet_bundle, ds, anchors, "cached", state)
+    assert batch["anchor_indices"].tolist() == [i for i in full["anchor_indices"].tolist() if i != bad]
+    assert loss == loss  # finite, not NaN: the unreadable anchor's NaN activations never reach the loss

@@ -26,7 +26,9 @@ from arf.train.config import TrainConfig, anchor_parquet
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, int, int]  # (source "f" finetune | "a" anchor, index, augmentation seed)
+# (source "f" finetune | "l" its label only | "a" anchor | "i" anchor index only, index, augmentation seed); the
+# index-only sources serve steps whose frozen-prefix activations are cached (no image is decoded).
+Key = tuple[str, int, int]
 
 
 def permutation(n: int, seed: int, epoch: int, stream: int = 0) -> np.ndarray:
@@ -179,6 +181,8 @@ class StepDataset(Dataset):
         src, i, salt = key
         if src == "l":  # label only: the image features are cached
             return src, None, int(self.images.labels[i]), i
+        if src == "i":  # anchor index only: its frozen-prefix activations are cached
+            return src, None, -1, i
         data = self.images if src == "f" else self.anchor_images
         assert data is not None
         img = data.load(i)
@@ -195,7 +199,7 @@ class StepDataset(Dataset):
 
 
 def collate(items: list[Any]) -> dict[str, torch.Tensor]:
-    out: dict[str, list[Any]] = {"f": [], "a": [], "l": []}
+    out: dict[str, list[Any]] = {"f": [], "a": [], "l": [], "i": []}
     for it in items:
         if it is not None:
             out[it[0]].append(it)
@@ -211,7 +215,8 @@ def collate(items: list[Any]) -> dict[str, torch.Tensor]:
         batch["indices"] = torch.zeros(0, dtype=torch.long)
     if out["a"]:
         batch["anchor_images"] = torch.stack([it[1] for it in out["a"]])
-        batch["anchor_indices"] = torch.tensor([it[3] for it in out["a"]], dtype=torch.long)
+    if out["a"] or out["i"]:
+        batch["anchor_indices"] = torch.tensor([it[3] for it in out["a"] or out["i"]], dtype=torch.long)
     return batch
 
 
@@ -219,12 +224,12 @@ class StepSampler:
     """Yields, for each (step, micro-step) from ``start_step``, this rank's keys. A plain iterable of lists."""
 
     def __init__(self, cfg: TrainConfig, n_train: int, n_anchors: int, rank: int, world: int, start_step: int,
-                 total_steps: int, mode: Callable[[int], tuple[bool, bool]]) -> None:
+                 total_steps: int, mode: Callable[[int], tuple[bool, str | None]]) -> None:
         self.cfg = cfg
         self.n, self.na = n_train, n_anchors
         self.rank, self.world = rank, world
         self.start, self.total = start_step, total_steps
-        # mode(step) -> (load finetuning pixels, load anchors)
+        # mode(step) -> (load finetuning pixels, anchors: "a" pixels | "i" indices only | None)
         self.mode = mode
         self.micro = cfg.batch_size // cfg.accum_steps
         self.anchor_micro = cfg.anchor_batch_size // cfg.accum_steps
@@ -247,21 +252,21 @@ class StepSampler:
         return list(items[self.rank * per:(self.rank + 1) * per])
 
     def keys(self, step: int, micro: int) -> list[Key]:
-        pixels, use_anchors = self.mode(step)
+        pixels, anchors = self.mode(step)
         epoch, k = divmod(step, self.steps_per_epoch)
         perm = self._epoch_perm(epoch)
         start = k * self.cfg.batch_size + micro * self.micro
         idx = self.rank_slice(perm[start:start + self.micro])
         src = "f" if pixels else "l"
         keys: list[Key] = [(src, int(i), item_seed(self.cfg.seed, 0, epoch, int(i)) if pixels else 0) for i in idx]
-        if use_anchors and self.na:
+        if anchors and self.na:
             pos = (step * self.cfg.accum_steps + micro) * self.anchor_micro
             chosen: list[tuple[int, int]] = []
             while len(chosen) < self.anchor_micro:
                 c, off = divmod(pos + len(chosen), self.na)
                 take = self._anchor_cycle(c)[off:off + self.anchor_micro - len(chosen)]
                 chosen += [(int(a), c) for a in take]
-            keys += [("a", a, item_seed(self.cfg.seed, 1, c, a)) for a, c in self.rank_slice(chosen)]
+            keys += [(anchors, a, item_seed(self.cfg.seed, 1, c, a)) for a, c in self.rank_slice(chosen)]
         return keys
 
     def __iter__(self) -> Iterator[list[Key]]:

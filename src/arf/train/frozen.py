@@ -60,10 +60,16 @@ def find_split(model: nn.Module, n_blocks: int) -> TrunkSplit | None:
 @torch.no_grad()
 def encode_prefix(split: TrunkSplit, ds: Any, transform: Any, device: torch.device, batch_size: int = 64,
                   max_bytes: int = 4 << 30) -> torch.Tensor | None:
-    """The prefix output for every image of ``ds`` (eval transform), or None if it would exceed ``max_bytes``."""
+    """The prefix output for every image of ``ds`` (eval transform), or None if it would exceed ``max_bytes``.
+
+    ``ds`` is a labelled set or an ``ImageDataset`` (e.g. the anchor images). Rows of unreadable images (counted
+    and skipped by the loader) stay NaN, so callers can tell them apart.
+    """
     import arf.data
 
-    data = arf.data.ImageDataset.from_set(ds, transform)
+    data = ds if isinstance(ds, arf.data.ImageDataset) else arf.data.ImageDataset.from_set(ds, transform)
+    if data.transform is None:
+        data.transform = transform
     out: torch.Tensor | None = None
     for x, _, idx in arf.data.make_loader(data, batch_size=batch_size):
         h = split.prefix(x.to(device)).float().cpu()

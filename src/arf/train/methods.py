@@ -134,6 +134,9 @@ class Method:
         self.module = TrainModule(bundle.model, self.build_head() if self.has_head else None)
         self.features: torch.Tensor | None = None  # cached image features for the lp phase
         self.acts: torch.Tensor | None = None  # cached frozen-prefix activations (freeze_image_blocks)
+        # The same for the retrieved anchor images, and which of them were readable (NaN rows are not).
+        self.anchor_acts: torch.Tensor | None = None
+        self.anchor_ok: torch.Tensor | None = None
         self.split = find_split(bundle.model, cfg.freeze_image_blocks)
         self.pad_id = text_pad_id(bundle.model) if cfg.trim_text_padding else None
 
@@ -220,22 +223,50 @@ class Method:
         """Build this phase's caches (frozen features for lp, frozen-prefix activations) before its first step."""
         if self.uses_cached_features(phase) and self.features is None:
             self.features = encode_set(self, device)
-        if (phase.name != "lp" and self.split is not None and self.cfg.cache_features and not self.cfg.augment
-                and self.acts is None):
+        if phase.name == "lp" or self.split is None or not self.cfg.cache_features or self.cfg.augment:
+            return
+        if self.acts is None:
             self.freeze_norm_stats()
             self.acts = encode_prefix(self.split, self.ds, self.bundle.preprocess_val, device)
+        if self.cfg.lambda_ret > 0 and self.anchors is not None and self.acts is not None and self.anchor_acts is None:
+            # (Only next to cached finetuning activations: the suffix pass takes cached rows first, pixels after.)
+            # Anchor images are fixed and un-augmented too: decoding them and running the frozen prefix every step
+            # was most of an ARF step (7 min vs FLYP's 1 min for the same 74 steps at 96 px, docs/BENCHMARKS.md).
+            from arf.images import BadInputCounter
+            from arf.train.data import AnchorImages
 
-    def needs(self, phase: Phase) -> tuple[bool, bool]:
-        """(load finetuning pixels, load anchors) for a step of ``phase``."""
+            self.freeze_norm_stats()
+            images = AnchorImages(self.anchors.paths, None, None, BadInputCounter("anchors"))
+            acts = encode_prefix(self.split, images, self.bundle.preprocess_val, device)
+            if acts is not None:
+                self.anchor_ok = ~torch.isnan(acts.flatten(1)).any(1)
+                self.anchor_acts = acts
+
+    def needs(self, phase: Phase) -> tuple[bool, str | None]:
+        """(load finetuning pixels, anchors: ``"a"`` their pixels, ``"i"`` their indices only, None) for a step."""
         cached = self.uses_cached_features(phase) or self.uses_cached_acts(phase)
-        return (not cached, self.cfg.lambda_ret > 0)
+        if self.cfg.lambda_ret <= 0:
+            return (not cached, None)
+        return (not cached, "i" if self.anchor_acts is not None and phase.name != "lp" else "a")
+
+    def drop_unreadable_anchors(self, batch: dict[str, torch.Tensor]) -> None:
+        """Anchors served by index whose image could not be read leave the batch (they were counted when cached)."""
+        idx = batch.get("anchor_indices")
+        if idx is None or "anchor_images" in batch or self.anchor_ok is None:
+            return
+        batch["anchor_indices"] = idx[self.anchor_ok[idx.cpu()].to(idx.device)]
 
     def image_inputs(self, batch: dict[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor | None]:
-        """Finetuning images (pixels or cached activations) and anchor pixels for one forward pass."""
+        """Finetuning images (pixels or cached activations) and anchors (pixels or cached activations)."""
         anchors = batch.get("anchor_images")
+        anchor_acts = None
+        if anchors is None and "anchor_indices" in batch and self.anchor_acts is not None:
+            anchor_acts = self.anchor_acts[batch["anchor_indices"].cpu()].to(batch["labels"].device)
         if self.uses_cached_acts(phase):
             assert self.acts is not None
             acts = self.acts[batch["indices"].cpu()].to(batch["labels"].device)
+            if anchor_acts is not None:
+                acts = torch.cat([acts, anchor_acts.to(acts.dtype)])
             return {"acts": acts, "images": anchors}
         images = batch["images"]
         if anchors is not None:
@@ -327,6 +358,7 @@ class Flyp(Method):
 
     def losses(self, module, batch, step, phase):
         cfg = self.cfg
+        self.drop_unreadable_anchors(batch)
         texts, sizes = self.texts(batch, step)
         n_img = int(batch["labels"].shape[0])
         dev = batch["labels"].device
