@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The protocol behind docs/RESULTS.md §1: every method of configs/offline/ on the offline benchmark, several
+# seeds, every image of every set evaluated, one report with mean ± std. Runs after `./run demo` (it reuses the
+# demo's caption and retrieved-anchor files, which are what configs/offline/arf.yaml's λ were chosen with).
+#
+#   scripts/offline_results.sh [OUT=runs/offline-results] [SEEDS="0 1 2"]
+#
+# ft / flyp / arf train under `torchrun --nproc_per_node $NPROC` (default 2: global batch 64 = 2 × 32);
+# zeroshot, lp and lpft in one process. A run whose final/ exists is not trained again (delete it to redo);
+# `arf eval` skips sets already recorded for the same weights, so a killed script is simply run again.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export ARF_HOME="${ARF_HOME:-$HOME/.cache/arf}"
+export PATH="$ARF_HOME/venv/bin:$PATH" HF_HUB_OFFLINE=1
+out="${1:-runs/offline-results}"
+seeds="${2:-0 1 2}"
+nproc="${NPROC:-2}"
+demo="${DEMO:-$repo/runs/demo}"
+cd "$repo"
+caps="$demo/anchors/captions/captions.parquet"
+anchors="$demo/anchors/retrieved"
+[ -f "$caps" ] && [ -d "$anchors" ] || { echo "no demo anchors under $demo: run ./run demo first" >&2; exit 2; }
+mkdir -p "$out"
+records="$out/records.jsonl"
+
+train() {  # method seed launcher...
+  local method="$1" seed="$2"; shift 2
+  local name="$method-s$seed" extra=()
+  [ "$method" = arf ] && extra=(--set captions="$caps" --set anchors="$anchors")
+  if [ ! -f "$out/$name/final/arf.json" ]; then
+    echo "[results] train $name ($(date +%T))" >&2
+    /usr/bin/time -f "[results] $name: %e s wall, %M KB max RSS" "$@" -m arf.cli train \
+      --config "configs/offline/$method.yaml" --out-dir "$out" --name "$name" --set seed="$seed" --set progress=false \
+      "${extra[@]}"
+  fi
+  python -m arf.cli eval --model "$out/$name/final" --suite offline --out "$records" >/dev/null
+}
+
+python -m arf.cli eval --model arf:mini-clip --suite offline --out "$records" >/dev/null  # the zero-shot row
+for seed in $seeds; do
+  train lp "$seed" python
+  train lpft "$seed" python
+  for method in ft flyp arf; do
+    train "$method" "$seed" torchrun --nproc_per_node "$nproc"
+  done
+done
+python -m arf.cli report "$records" --out "$out/report"
+echo "[results] report: $out/report/results.md" >&2
