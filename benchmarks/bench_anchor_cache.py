@@ -15,7 +15,6 @@ import json
 import time
 
 import torch
-
 from bench_train_step import timed_rounds
 
 
