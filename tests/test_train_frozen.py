@@ -11,24 +11,14 @@ from arf.models.text import trim_padding
 from arf.train.config import TrainConfig
 from arf.train.frozen import encode_prefix, find_split
 from arf.train.methods import FineTune, Flyp
+from train_fixtures import effnet_bundle as make_effnet_bundle
 from train_fixtures import make_benchmark
-
-EFFNET_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"timm_model_name": "tf_efficientnet_lite0", "timm_model_pretrained": False, "timm_pool": "avg",
-                   "timm_proj": "linear", "image_size": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 
 
 @pytest.fixture(scope="module")
 def effnet_bundle():
     """A small open_clip model with a timm EfficientNet trunk (the mini-clip image tower's architecture)."""
-    from arf.models.openclip import TINY_CLIP_PREPROCESS, build_open_clip_model, bundle_from_cfg
-
-    torch.manual_seed(0)
-    return bundle_from_cfg(EFFNET_CFG, TINY_CLIP_PREPROCESS, "test:effnet-clip",
-                           model=build_open_clip_model(EFFNET_CFG))
+    return make_effnet_bundle()
 
 
 def test_freeze_blocks_on_vit_freezes_stem_and_first_blocks_only(tmp_path):

@@ -18,6 +18,25 @@ COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)]
 NAMES = ["red", "green", "blue", "yellow"]
 TEMPLATES = ["a photo of a {}.", "a {} thing.", "art of the {}."]
 
+# A small open_clip model with a timm EfficientNet trunk: the mini-clip image tower's architecture at 32 px.
+EFFNET_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"timm_model_name": "tf_efficientnet_lite0", "timm_model_pretrained": False, "timm_pool": "avg",
+                   "timm_proj": "linear", "image_size": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def effnet_bundle(seed: int = 0):
+    """A bundle of :data:`EFFNET_CFG` with random weights drawn from ``seed``."""
+    import torch
+
+    from arf.models.openclip import TINY_CLIP_PREPROCESS, build_open_clip_model, bundle_from_cfg
+
+    torch.manual_seed(seed)
+    return bundle_from_cfg(EFFNET_CFG, TINY_CLIP_PREPROCESS, "test:effnet-clip",
+                           model=build_open_clip_model(EFFNET_CFG))
+
 
 def _img(path: Path, color: tuple[int, int, int], rng: np.random.Generator) -> None:
     arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)

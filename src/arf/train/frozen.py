@@ -9,17 +9,25 @@ its output is computed once per finetuning image and cached) and ``suffix`` (tra
 Only towers whose forward we can split exactly are supported (timm EfficientNet-style trunks inside open_clip's
 ``TimmModel``); for others (e.g. open_clip's ViT with its many pooling variants) :func:`find_split` returns
 ``None`` and the frozen blocks are simply excluded from the optimizer.
+
+The same split serves WiSE-FT evaluation: :func:`find_shared_split` finds the longest prefix two models hold
+bit-identically (what ``freeze_image_blocks`` left alone), whose output is then the same at every α
+(``arf.evaluate.prefix_cache``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+# Default memory for cached prefix activations (float32 on the offline mini-clip: ~22 KB per image at 5 blocks).
+MAX_CACHE_BYTES = 4 << 30
 
 
 class TrunkSplit:
@@ -30,11 +38,19 @@ class TrunkSplit:
         self.trunk = visual.trunk
         self.n = n_blocks
 
-    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+    def prefix_modules(self) -> list[nn.Module]:
+        """The modules :meth:`prefix` runs, in order (their state is what must stay fixed for a cache to hold)."""
         t = self.trunk
-        h = t.bn1(t.conv_stem(x))
-        for blk in t.blocks[: self.n]:
-            h = blk(h)
+        return [t.conv_stem, t.bn1, *t.blocks[: self.n]]
+
+    def prefix_state(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers of the prefix (BatchNorm running stats included), keyed by module position."""
+        return {f"{i}.{k}": v for i, m in enumerate(self.prefix_modules()) for k, v in m.state_dict().items()}
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for m in self.prefix_modules():
+            h = m(h)
         return h
 
     def suffix(self, h: torch.Tensor) -> torch.Tensor:
@@ -57,27 +73,79 @@ def find_split(model: nn.Module, n_blocks: int) -> TrunkSplit | None:
     return TrunkSplit(visual, n_blocks)
 
 
-@torch.no_grad()
-def encode_prefix(split: TrunkSplit, ds: Any, transform: Any, device: torch.device, batch_size: int = 64,
-                  max_bytes: int = 4 << 30) -> torch.Tensor | None:
-    """The prefix output for every image of ``ds`` (eval transform), or None if it would exceed ``max_bytes``.
+def same_state(a: Any, b: Any) -> bool:
+    """Whether two state dicts (or modules) hold the same keys with bit-identical tensors (dtype and shape too)."""
+    sa = a.state_dict() if isinstance(a, nn.Module) else a
+    sb = b.state_dict() if isinstance(b, nn.Module) else b
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k].to(sa[k].device))
+        for k in sa
+    )
 
-    ``ds`` is a labelled set or an ``ImageDataset`` (e.g. the anchor images). Rows of unreadable images (counted
-    and skipped by the loader) stay NaN, so callers can tell them apart.
+
+def find_shared_split(model0: nn.Module, model1: nn.Module) -> TrunkSplit | None:
+    """A split of ``model0`` after the most leading blocks that ``model1`` holds bit-identically, else None.
+
+    Detected from the weights, not from a config: the stem (``conv_stem``, ``bn1``) and each leading block must
+    have equal parameters *and* buffers (running stats, ``num_batches_tracked``) in both models. Such tensors are
+    left as they are by :func:`arf.evaluate.wise.interpolate`, so the prefix computes the same function at every
+    α. At most ``len(blocks) - 1`` blocks: :func:`find_split` keeps one block in the suffix. None when either
+    model has no supported trunk or not even the stem and first block are shared.
+    """
+    s0, s1 = find_split(model0, 1), find_split(model1, 1)
+    if s0 is None or s1 is None:
+        return None
+    t0, t1 = s0.trunk, s1.trunk
+    shared = 0
+    for m0, m1 in zip([t0.conv_stem, t0.bn1, *t0.blocks], [t1.conv_stem, t1.bn1, *t1.blocks], strict=False):
+        if not same_state(m0, m1):
+            break
+        shared += 1
+    n_blocks = min(shared - 2, len(t0.blocks) - 1)  # the first two shared modules are the stem
+    return find_split(model0, n_blocks)
+
+
+def prefix_batches(split: TrunkSplit, ds: Any, transform: Any, device: torch.device, batch_size: int = 64,
+                   num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(images, prefix output, labels, indices)`` per loader batch of ``ds``, unreadable images dropped.
+
+    ``ds`` is a labelled set or an ``ImageDataset`` (given no transform, it gets ``transform``). A set is read
+    through :meth:`arf.data.ImageDataset.from_set` and :func:`arf.data.make_loader`, as in evaluation, so batches
+    hold the same images in the same order and a bad-image fraction fails the same way.
     """
     import arf.data
 
     data = ds if isinstance(ds, arf.data.ImageDataset) else arf.data.ImageDataset.from_set(ds, transform)
     if data.transform is None:
         data.transform = transform
+    for x, y, idx in arf.data.make_loader(data, batch_size=batch_size, num_workers=num_workers):
+        x = x.to(device)
+        yield x, split.prefix(x), y, idx
+
+
+def cache_fits(n_items: int, h: torch.Tensor, max_bytes: int) -> bool:
+    """Whether ``n_items`` activations shaped like ``h[0]`` fit in ``max_bytes`` (a refusal is logged)."""
+    need = n_items * h[0].numel() * h.element_size()
+    if need > max_bytes:
+        log.info("not caching frozen image activations: %.1f GB > %.1f GB", need / 1e9, max_bytes / 1e9)
+        return False
+    return True
+
+
+@torch.no_grad()
+def encode_prefix(split: TrunkSplit, ds: Any, transform: Any, device: torch.device, batch_size: int = 64,
+                  max_bytes: int = MAX_CACHE_BYTES) -> torch.Tensor | None:
+    """The prefix output for every image of ``ds`` (eval transform), or None if it would exceed ``max_bytes``.
+
+    ``ds`` is a labelled set or an ``ImageDataset`` (e.g. the anchor images). Rows of unreadable images (counted
+    and skipped by the loader) stay NaN, so callers can tell them apart.
+    """
     out: torch.Tensor | None = None
-    for x, _, idx in arf.data.make_loader(data, batch_size=batch_size):
-        h = split.prefix(x.to(device)).float().cpu()
+    for _, h, _, idx in prefix_batches(split, ds, transform, device, batch_size):
+        h = h.float().cpu()
         if out is None:
-            need = len(data) * h[0].numel() * 4
-            if need > max_bytes:
-                log.info("not caching frozen image activations: %.1f GB > %.1f GB", need / 1e9, max_bytes / 1e9)
+            if not cache_fits(len(ds), h, max_bytes):
                 return None
-            out = torch.full((len(data), *h.shape[1:]), float("nan"))
+            out = torch.full((len(ds), *h.shape[1:]), float("nan"))
         out[idx] = h
     return out
