@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,10 @@ class EvalOptions:
     device: str = "cpu"
     progress: bool = True
     roles: tuple[str, ...] = DEFAULT_ROLES
+
+
+# Image features and labels of one set, as :func:`encode_set` returns them: ``(bundle, set, opts) → (feats, labels)``.
+ImageFeatures = Callable[[Any, Any, EvalOptions], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -143,6 +147,7 @@ def evaluate(
     opts: EvalOptions | None = None,
     cache: HeadCache | None = None,
     done: Iterable[Record] | None = None,
+    features: ImageFeatures | None = None,
 ) -> list[Record]:
     """Top-1 (and top-5 where classes > 5) of ``bundle`` on each set whose role is in ``opts.roles``.
 
@@ -152,6 +157,9 @@ def evaluate(
     head and the set's content, not the tag — so a set already evaluated in ``done`` with the same hash is not
     evaluated again: under the same tag its old record is returned; under another tag (e.g. every WiSE-FT
     sweep's α = 0 point, which is the zero-shot model already evaluated as ``zeroshot``) a copy carrying this tag.
+
+    ``features`` replaces :func:`encode_set` for computing a set's image features (e.g. a WiSE-FT sweep's
+    :class:`arf.evaluate.prefix_cache.PrefixFeatures`); it must return exactly what ``encode_set`` would.
     """
     opts = opts or EvalOptions()
     tag = tag or ModelTag(model=str(getattr(bundle, "model_id", "model")))
@@ -184,7 +192,7 @@ def evaluate(
                                                seed=tag.seed) for m in metrics)
             continue
         use_head = trained or zeroshot_head(bundle, ds.classnames, ds.templates, device=opts.device, cache=cache)
-        feats, labels = encode_set(bundle, ds, opts)
+        feats, labels = (features or encode_set)(bundle, ds, opts)
         n = int(labels.numel())
         if n == 0:
             log.warning("set %s: no readable images; skipped", ds.name)
