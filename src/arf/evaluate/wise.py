@@ -4,6 +4,8 @@
 per α, writes a checkpoint and/or evaluates. For methods with a trained head (``ft``/``lp``/``lpft``) the head is
 interpolated too, θ0's head being the zero-shot text head of the zero-shot model over the trained head's classes
 (the head ``ft`` starts from); for ``flyp``/``arf`` the interpolated text tower gives the zero-shot head itself.
+Image-tower blocks that both models hold bit-identically (a frozen prefix) are run once per set, not once per α
+(:mod:`arf.evaluate.prefix_cache`).
 """
 
 from __future__ import annotations
@@ -168,16 +170,20 @@ def wise_sweep(
     opts: Any = None,
     method: str | None = None,
     seed: int | None = None,
+    prefix_cache_bytes: int | None = None,
 ) -> list[Any]:
     """For each α: write ``out_dir/alpha_<α>/`` (a checkpoint loadable by ``create_model``) and/or evaluate ``sets``.
 
     Returns the evaluation records (also appended to ``records_path`` after each α). Re-running a killed sweep
     keeps finished checkpoints and skips evaluations already in ``records_path``. Records name the finetuned
-    model and its method, with ``alpha`` set.
+    model and its method, with ``alpha`` set. ``prefix_cache_bytes`` caps the memory for the image activations of
+    a shared frozen prefix, cached across α (default 4 GiB; 0 turns the cache off). Records are the same either way.
     """
+    from arf.evaluate.prefix_cache import PrefixFeatures
     from arf.evaluate.runner import EvalOptions, evaluate, evaluate_to_file, model_tag
     from arf.evaluate.zeroshot import head_info, load_trained_head, write_head_file
     from arf.models import create_model, save_checkpoint
+    from arf.train.frozen import MAX_CACHE_BYTES
 
     check(sets is not None or out_dir is not None, "wise", "nothing to do: give sets to evaluate and/or an out_dir")
     opts = opts or EvalOptions()
@@ -185,6 +191,9 @@ def wise_sweep(
     bundle1 = create_model(finetuned, device=opts.device)
     head1 = load_trained_head(finetuned)
     tag1 = model_tag(finetuned, method=method, seed=seed)
+    cap = MAX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
+    # Detected before the first α is loaded into bundle0, from both models' weights (not from a training config).
+    features = PrefixFeatures.for_models(bundle0.model, bundle1.model, cap) if sets is not None and cap > 0 else None
     records: list[Any] = []
     for point in wise_points(bundle0, bundle1, alphas, head1=head1, device=opts.device):
         log.info("WiSE-FT alpha=%.3f", point.alpha)
@@ -210,9 +219,10 @@ def wise_sweep(
                              config_hash=tag1.config_hash)
             for head, group in _head_groups(point, sets):
                 if records_path is not None:
-                    records.extend(evaluate_to_file(point.bundle, group, head, records_path, tag=tag, opts=opts))
+                    records.extend(evaluate_to_file(point.bundle, group, head, records_path, tag=tag, opts=opts,
+                                                    features=features))
                 else:
-                    records.extend(evaluate(point.bundle, group, head, tag=tag, opts=opts))
+                    records.extend(evaluate(point.bundle, group, head, tag=tag, opts=opts, features=features))
     return records
 
 

@@ -1,0 +1,131 @@
+"""WiSE-FT sweeps: encode each set's frozen image-tower prefix once, run only the rest of the tower at each α.
+
+A run with ``freeze_image_blocks: N`` leaves the stem and first N blocks of an EfficientNet trunk bit-identical in
+θ0 and θ1, and :func:`arf.evaluate.wise.interpolate` keeps such tensors as they are, so that prefix computes the
+same activations at every α. Decoding every image and running the prefix again per α is wasted work:
+:class:`PrefixFeatures` keeps each set's prefix output and runs only ``suffix`` per α.
+
+The records must not change, so the cache reproduces :func:`arf.evaluate.runner.encode_set` to the bit: the same
+loader (same unreadable images dropped, labels in the same order) and the same batches through the same modules,
+activations kept per batch in the model's dtype. Two guards: the first batch is also run through the whole tower
+once (the cache is switched off if the two differ), and the prefix weights are compared with the cached ones at
+every call (a changed prefix falls back to ``encode_set``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from arf.evaluate.runner import EvalOptions, encode_set, set_fingerprint
+from arf.train.frozen import MAX_CACHE_BYTES, TrunkSplit, cache_fits, find_shared_split, prefix_batches, same_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SetActivations:
+    """One set's prefix output per loader batch (CPU, the model's dtype and layout) and the batch's labels."""
+
+    acts: list[torch.Tensor] = field(default_factory=list)
+    labels: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(h.numel() * h.element_size() for h in self.acts)
+
+
+class PrefixFeatures:
+    """An ``ImageFeatures`` for :func:`arf.evaluate.evaluate`: cached prefix, suffix run per call.
+
+    Bound to one ``model`` (the bundle the sweep loads each α into) and its ``split``. Sets are cached lazily, on
+    their first evaluation, so a resumed sweep whose records are all done encodes nothing. ``max_bytes`` caps all
+    sets together; a set past it is encoded in full at each α, like a model without a split.
+    """
+
+    def __init__(self, model: nn.Module, split: TrunkSplit, max_bytes: int = MAX_CACHE_BYTES) -> None:
+        self.model = model
+        self.split = split
+        self.max_bytes = max_bytes
+        self.reference = {k: v.detach().clone() for k, v in split.prefix_state().items()}
+        self.sets: dict[tuple[str, int], SetActivations | None] = {}  # None: not cacheable, use encode_set
+        self.verified = False
+        self.disabled = False
+
+    @classmethod
+    def for_models(cls, model0: nn.Module, model1: nn.Module,
+                   max_bytes: int = MAX_CACHE_BYTES) -> PrefixFeatures | None:
+        """A cache over ``model0`` for the image-tower prefix both models hold bit-identically, or None."""
+        split = find_shared_split(model0, model1)
+        if split is None:
+            log.info("WiSE-FT: no image-tower prefix is identical in both models; each alpha encodes images in full")
+            return None
+        log.info("WiSE-FT: stem and first %d image blocks are identical in both models; their output is computed "
+                 "once per set", split.n)
+        return cls(model0, split, max_bytes)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.nbytes for e in self.sets.values() if e is not None)
+
+    def __call__(self, bundle: Any, ds: Any, opts: EvalOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.disabled or bundle.model is not self.model:
+            return encode_set(bundle, ds, opts)
+        if not same_state(self.split.prefix_state(), self.reference):
+            # Cannot happen in a sweep (the prefix is shared by θ0 and θ1); refuse rather than serve stale features.
+            log.warning("the image-tower prefix changed since it was cached; encoding %s in full", ds.name)
+            return encode_set(bundle, ds, opts)
+        model = bundle.model
+        was_training = model.training
+        model.eval()  # BatchNorm must use its running stats, as encode_set does
+        try:
+            with torch.no_grad():
+                entry = self._activations(bundle, ds, opts)
+                if entry is None:
+                    return encode_set(bundle, ds, opts)
+                device = torch.device(opts.device)
+                feats = [F.normalize(self.split.suffix(h.to(device)), dim=-1).float().cpu() for h in entry.acts]
+        finally:
+            model.train(was_training)
+        if not feats:
+            return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+        return torch.cat(feats), torch.cat(entry.labels)
+
+    def _activations(self, bundle: Any, ds: Any, opts: EvalOptions) -> SetActivations | None:
+        """The set's cached prefix output, computed on first use; None if it does not fit or the check failed."""
+        # Batch composition is part of the key: the cached batches must be the ones encode_set would form.
+        key = (set_fingerprint(ds), opts.batch_size)
+        if key in self.sets:
+            return self.sets[key]
+        device = torch.device(opts.device)
+        entry = SetActivations()
+        batches = prefix_batches(self.split, ds, bundle.preprocess_val, device, opts.batch_size, opts.num_workers)
+        for x, h, y, _ in tqdm(batches, desc=f"prefix {ds.name}", unit="batch", disable=not opts.progress,
+                               leave=False):
+            if not entry.acts:
+                if not self.verified and not self._verify(x, h):
+                    return None
+                if not cache_fits(len(ds), h, self.max_bytes - self.used_bytes):
+                    self.sets[key] = None
+                    return None
+            entry.acts.append(h.cpu())
+            entry.labels.append(y)
+        # Stored only once complete: a set failing on bad images raises (as encode_set does) and caches nothing.
+        self.sets[key] = entry
+        return entry
+
+    def _verify(self, x: torch.Tensor, h: torch.Tensor) -> bool:
+        """Whether ``suffix(prefix(x))`` is bit-identical to ``encode_image(x)``; if not, the cache is switched off."""
+        whole = self.model.encode_image(x, normalize=True)
+        split = F.normalize(self.split.suffix(h), dim=-1)
+        self.verified = whole.shape == split.shape and torch.equal(whole, split)
+        if not self.verified:
+            log.warning("the split image tower does not reproduce encode_image exactly; prefix cache switched off")
+            self.disabled = True
+        return self.verified
