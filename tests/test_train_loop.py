@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -80,6 +83,21 @@ def test_unreadable_training_image_is_skipped_not_fatal(tmp_path):
     run = train(TrainConfig(method="flyp", model="arf:tiny-clip", data_root=str(root), out_dir=str(tmp_path / "r"),
                             batch_size=16, max_steps=1, progress=False, tensorboard=False))
     assert (run / "final" / "open_clip_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["lp", "ft", "flyp"])
+def test_unreadable_training_image_with_cached_activations_is_skipped(tmp_path, method):
+    """Cached features (lp) and cached frozen-prefix activations (ft, flyp) hold NaN rows for unreadable images;
+    those rows leave the batch instead of making the loss NaN and stopping the run as diverged."""
+    from train_fixtures import effnet_bundle
+
+    root = make_benchmark(tmp_path / "bench", per_class=8)
+    (root / "images" / "train" / "red_0.png").write_bytes(b"not a png")
+    cfg = TrainConfig(method=method, model="test:effnet-clip", data_root=str(root), out_dir=str(tmp_path / "r"),
+                      batch_size=16, max_steps=3, freeze_image_blocks=4, progress=False, tensorboard=False)
+    run = train(cfg, bundle=effnet_bundle())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
 
 
 def test_anchor_images_from_webdataset_shard_refs(tmp_path):

@@ -249,12 +249,22 @@ class Method:
             return (not cached, None)
         return (not cached, "i" if self.anchor_acts is not None and phase.name != "lp" else "a")
 
-    def drop_unreadable_anchors(self, batch: dict[str, torch.Tensor]) -> None:
-        """Anchors served by index whose image could not be read leave the batch (they were counted when cached)."""
+    def drop_unreadable(self, batch: dict[str, torch.Tensor], phase: Phase) -> None:
+        """Rows served from a cache (no pixels in the batch) whose image could not be read leave the batch.
+
+        Such images were counted and logged when the cache was built; their rows are NaN and would otherwise turn
+        the loss into NaN and stop the run as "diverged". The pixel path drops them in the loader instead.
+        """
+        cache = (self.features if self.uses_cached_features(phase)
+                 else self.acts if self.uses_cached_acts(phase) else None)
+        if cache is not None and "images" not in batch and batch["indices"].numel():
+            ok = ~torch.isnan(cache[batch["indices"].cpu()].flatten(1)).any(1)
+            if not bool(ok.all()):
+                for k in ("indices", "labels"):
+                    batch[k] = batch[k][ok.to(batch[k].device)]
         idx = batch.get("anchor_indices")
-        if idx is None or "anchor_images" in batch or self.anchor_ok is None:
-            return
-        batch["anchor_indices"] = idx[self.anchor_ok[idx.cpu()].to(idx.device)]
+        if idx is not None and "anchor_images" not in batch and self.anchor_ok is not None:
+            batch["anchor_indices"] = idx[self.anchor_ok[idx.cpu()].to(idx.device)]
 
     def image_inputs(self, batch: dict[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor | None]:
         """Finetuning images (pixels or cached activations) and anchors (pixels or cached activations)."""
@@ -304,6 +314,7 @@ class FineTune(Method):
     has_head = True
 
     def losses(self, module, batch, step, phase):
+        self.drop_unreadable(batch, phase)
         dev = batch["labels"].device
         if self.uses_cached_features(phase):
             assert self.features is not None
@@ -358,7 +369,7 @@ class Flyp(Method):
 
     def losses(self, module, batch, step, phase):
         cfg = self.cfg
-        self.drop_unreadable_anchors(batch)
+        self.drop_unreadable(batch, phase)
         texts, sizes = self.texts(batch, step)
         n_img = int(batch["labels"].shape[0])
         dev = batch["labels"].device
