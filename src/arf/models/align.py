@@ -308,12 +308,19 @@ def cache_image_features(bundle: ClipBundle, paths: Sequence[str], cfg: BaseBuil
                         im = augment_view(img, cfg.image_size, gen, cfg.background_p)
                     views[v].append(norm(TF.to_tensor(im.convert("RGB"))))
             d = {"ok": ok}
+            # Eval mode: batch-norm uses (and keeps) the pretrained running statistics. In train mode every
+            # batch was normalised by its own statistics and the running ones drifted with each cached batch, so
+            # the saved trunk differed between an uninterrupted build and a resumed one (whose shards come from
+            # disk without a forward pass), and cached features differed from what the model computes at use.
+            was_training = trunk.training
+            trunk.eval()
             with torch.inference_mode():
                 for v in range(cfg.views):
                     x = torch.stack(views[v])
                     out = [early_trunk(trunk, x[b:b + batch_size], cfg.train_from_stage)
                            for b in range(0, len(x), batch_size)]
                     d[f"view{v}"] = torch.cat(out).half()
+            trunk.train(was_training)
             with atomic_path(shard) as tmp:
                 save_file(d, str(tmp))
             done = min(n, s0 + shard_size)
@@ -353,6 +360,10 @@ def cache_text_features(bundle: ClipBundle, texts: Sequence[str], cfg: BaseBuild
     n_layers = len(tr.encoder.layer)
     hidden, masks, pooled = [], [], []
     t0 = time.time()
+    # Frozen features must be the tower's function of the text: in train mode MiniLM's dropout made them random
+    # (two builds of one config differed by up to 0.88 per feature, and so did the bases; docs/BENCHMARKS.md).
+    was_training = tr.training
+    tr.eval()
     with torch.inference_mode():
         for b in range(0, len(texts), batch_size):
             tok = bundle.tokenizer(list(texts[b:b + batch_size]))
@@ -368,6 +379,7 @@ def cache_text_features(bundle: ClipBundle, texts: Sequence[str], cfg: BaseBuild
             else:
                 m = mask.unsqueeze(-1).float()
                 pooled.append((out.last_hidden_state * m).sum(1) / m.sum(1))
+    tr.train(was_training)
     d = {"hidden": torch.cat(hidden), "mask": torch.cat(masks)} if cfg.text_layers else {"pooled": torch.cat(pooled)}
     with atomic_path(path) as tmp:
         save_file(d, str(tmp))
@@ -542,8 +554,14 @@ def heldout_scores(bundle: ClipBundle, pairs: Sequence[CorpusPair], train_idx: S
 # the build
 
 
+# Bumped when the build's code changes what it produces for the same config and corpus, so a base built by older
+# code is never served as this one. 2: the cached text and early-trunk features are computed in eval mode (revision
+# 1 ran MiniLM with dropout and batch-norm with batch statistics while caching; builds were not reproducible).
+BUILD_REVISION = 2
+
+
 def build_dir(corpus_sha: str, cfg: BaseBuildConfig) -> Path:
-    return models_dir() / f"mini-clip-{config_hash(corpus_sha, cfg.identity())}"
+    return models_dir() / f"mini-clip-{config_hash(corpus_sha, {**cfg.identity(), 'revision': BUILD_REVISION})}"
 
 
 def build_base(pairs: Sequence[CorpusPair] | None = None, cfg: BaseBuildConfig | None = None, *,
@@ -612,7 +630,8 @@ def build_base(pairs: Sequence[CorpusPair] | None = None, cfg: BaseBuildConfig |
         scores.update(evaluate(bundle))
     seconds = time.time() - t_start
     save_checkpoint(bundle, out, extra={"provisional": provisional, "corpus_sha256": sha, "scores": scores,
-                                        "build_config": cfg.identity(), "build_seconds": round(seconds, 1),
+                                        "build_config": cfg.identity(), "build_revision": BUILD_REVISION,
+                                        "build_seconds": round(seconds, 1),
                                         "pairs": len(pairs), "heldout_pairs": len(held_idx)})
     if set_default:
         write_json(models_dir() / POINTER, {"dir": out.name})
