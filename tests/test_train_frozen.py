@@ -106,7 +106,7 @@ def test_trim_padding():
     assert trim_padding(t, None) is t
 
 
-def _arf_step(tmp_path, bundle, ds, anchors, mode: str, state: dict) -> tuple[float, dict, dict]:
+def _arf_step(bundle, ds, anchors, mode: str, state: dict) -> tuple[float, dict, dict]:
     """One ARF step (λ_ret only) with anchor pixels ("pixels") or cached anchor activations ("cached")."""
     from arf.images import BadInputCounter
     from arf.train.data import StepDataset, StepSampler, collate
@@ -140,8 +140,8 @@ def test_cached_anchor_activations_give_the_same_step(tmp_path, effnet_bundle):
     ds = arf.data.get_suite("offline", root).get("train")
     anchors = read_anchors(make_anchors(root), root)
     state = {k: v.clone() for k, v in effnet_bundle.model.state_dict().items()}
-    l_pix, g_pix, b_pix = _arf_step(tmp_path, effnet_bundle, ds, anchors, "pixels", state)
-    l_acts, g_acts, b_acts = _arf_step(tmp_path, effnet_bundle, ds, anchors, "cached", state)
+    l_pix, g_pix, b_pix = _arf_step(effnet_bundle, ds, anchors, "pixels", state)
+    l_acts, g_acts, b_acts = _arf_step(effnet_bundle, ds, anchors, "cached", state)
     assert "anchor_images" in b_pix and "anchor_images" not in b_acts and "images" not in b_acts
     assert b_pix["anchor_indices"].tolist() == b_acts["anchor_indices"].tolist()
     assert l_acts == pytest.approx(l_pix, rel=1e-5)
@@ -158,10 +158,10 @@ def test_unreadable_cached_anchor_is_dropped_from_the_batch(tmp_path, effnet_bun
     ds = arf.data.get_suite("offline", root).get("train")
     anchors = read_anchors(make_anchors(root), root)
     state = {k: v.clone() for k, v in effnet_bundle.model.state_dict().items()}
-    _, _, full = _arf_step(tmp_path, effnet_bundle, ds, anchors, "cached", state)
+    _, _, full = _arf_step(effnet_bundle, ds, anchors, "cached", state)
     bad = int(full["anchor_indices"][0])
     with open(anchors.paths[bad], "wb") as f:
         f.write(b"not an image")
-    loss, _, batch = _arf_step(tmp_path, effnet_bundle, ds, anchors, "cached", state)
+    loss, _, batch = _arf_step(effnet_bundle, ds, anchors, "cached", state)
     assert batch["anchor_indices"].tolist() == [i for i in full["anchor_indices"].tolist() if i != bad]
     assert loss == loss  # finite, not NaN: the unreadable anchor's NaN activations never reach the loss

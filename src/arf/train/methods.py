@@ -134,9 +134,7 @@ class Method:
         self.module = TrainModule(bundle.model, self.build_head() if self.has_head else None)
         self.features: torch.Tensor | None = None  # cached image features for the lp phase
         self.acts: torch.Tensor | None = None  # cached frozen-prefix activations (freeze_image_blocks)
-        # The same for the retrieved anchor images, and which of them were readable (NaN rows are not).
-        self.anchor_acts: torch.Tensor | None = None
-        self.anchor_ok: torch.Tensor | None = None
+        self.anchor_acts: torch.Tensor | None = None  # the same for the retrieved anchors (NaN rows: unreadable)
         self.split = find_split(bundle.model, cfg.freeze_image_blocks)
         self.pad_id = text_pad_id(bundle.model) if cfg.trim_text_padding else None
 
@@ -238,9 +236,7 @@ class Method:
             self.freeze_norm_stats()
             images = AnchorImages(self.anchors.paths, None, None, BadInputCounter("anchors"))
             acts = encode_prefix(self.split, images, self.bundle.preprocess_val, device)
-            if acts is not None:
-                self.anchor_ok = ~torch.isnan(acts.flatten(1)).any(1)
-                self.anchor_acts = acts
+            self.anchor_acts = acts
 
     def needs(self, phase: Phase) -> tuple[bool, str | None]:
         """(load finetuning pixels, anchors: ``"a"`` their pixels, ``"i"`` their indices only, None) for a step."""
@@ -255,16 +251,19 @@ class Method:
         Such images were counted and logged when the cache was built; their rows are NaN and would otherwise turn
         the loss into NaN and stop the run as "diverged". The pixel path drops them in the loader instead.
         """
+        def readable(cache: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return (~torch.isnan(cache[idx.cpu()].flatten(1)).any(1)).to(idx.device)
+
         cache = (self.features if self.uses_cached_features(phase)
                  else self.acts if self.uses_cached_acts(phase) else None)
         if cache is not None and "images" not in batch and batch["indices"].numel():
-            ok = ~torch.isnan(cache[batch["indices"].cpu()].flatten(1)).any(1)
+            ok = readable(cache, batch["indices"])
             if not bool(ok.all()):
                 for k in ("indices", "labels"):
                     batch[k] = batch[k][ok.to(batch[k].device)]
         idx = batch.get("anchor_indices")
-        if idx is not None and "anchor_images" not in batch and self.anchor_ok is not None:
-            batch["anchor_indices"] = idx[self.anchor_ok[idx.cpu()].to(idx.device)]
+        if idx is not None and "anchor_images" not in batch and self.anchor_acts is not None:
+            batch["anchor_indices"] = idx[readable(self.anchor_acts, idx)]
 
     def image_inputs(self, batch: dict[str, torch.Tensor], phase: Phase) -> dict[str, torch.Tensor | None]:
         """Finetuning images (pixels or cached activations) and anchors (pixels or cached activations)."""
