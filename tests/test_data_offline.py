@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from arf.cli import main
 from arf.data import get_suite, read_pairs
@@ -78,6 +80,20 @@ def test_tiny_build_is_leak_free_and_concepts_are_in_alignment(tiny):
 
 
 @needs_sources
+def test_alignment_holds_black_and_white_glyphs_of_the_train_classes(tiny):
+    # Line art is a domain shift only if the base has seen monochrome pictograms of the concepts (issue 3 (a)).
+    rows = pq.read_table(tiny / "alignment.parquet").to_pylist()
+    glyphs = [r for r in rows if r["family"] == "symbola"]
+    assert glyphs and all(r["path"].startswith("images/alignment/symbola/") for r in glyphs)
+    texts = " | ".join(r["text"] for r in glyphs)
+    train = read_json(tiny / "classnames" / "train.json")
+    assert sum(name in texts for name in train) >= len(train) // 2  # Symbola covers every finetuning class here
+    with Image.open(tiny / glyphs[0]["path"]) as im:
+        grey = np.asarray(im.convert("L"))
+    assert grey.min() < 64 and np.median(grey) > 200  # dark strokes on a white ground
+
+
+@needs_sources
 def test_build_is_cached_and_deterministic(tiny, tmp_path):
     cfg = tiny_cfg(tiny)
     assert is_built(tiny, cfg)
@@ -124,7 +140,8 @@ def test_offline_suite_and_pairs_read_the_build(tiny, capsys):
     assert shift.classnames == suite.get("train").classnames and shift.reference == "offline-train"
     assert all(Path(p).is_file() for p in shift.abspaths())
     pairs = read_pairs(tiny / "alignment.parquet")
-    assert pairs and Path(pairs[0].path).is_file() and pairs[0].meta["family"] in ("noto", "twemoji", "typeset-digits")
+    assert pairs and Path(pairs[0].path).is_file()
+    assert pairs[0].meta["family"] in ("noto", "twemoji", "typeset-digits", "symbola")
     assert main(["data", "info", "--root", str(tiny)]) == 0
     out = capsys.readouterr().out
     assert "shift-lineart" in out and "zeroshot" in out

@@ -7,7 +7,8 @@ sides of a line:
 split          images                                                 families
 =============  =====================================================  ==========================================
 alignment      every base emoji, flags, typeset digits (+ texts)      noto (SVG, Google PNG), twemoji (SVG,
-                                                                      Twitter PNG), typeset-digits
+                                                                      Twitter PNG), typeset-digits, symbola
+                                                                      (black-and-white glyphs)
 pool           every base emoji, Tux Paint drawings (+ captions)      openmoji, tuxpaint-drawing
 train/val/id   train classes as stickers on coloured backgrounds      emojione
 shift-3d       train classes, 3D renders                              fluent (3D)
@@ -70,6 +71,7 @@ class BuildConfig:
     id_per_class: int = 2
     mnist_per_class: int = 50
     align_extra_per_class: int = 2  # extra jittered renders per benchmark class in the alignment corpus
+    align_glyphs: bool = True  # Symbola black-and-white glyphs of every base emoji it covers, in the alignment
     workers: int = 2
     npm_root: str | None = None  # default: arf.paths.npm_dir()
     tux_root: str = str(src.TUX_DIR)
@@ -394,6 +396,21 @@ def plan(cfg: BuildConfig) -> Plan:
                 f"a printed {DIGIT_WORDS[d]}",
             ][int(rng.integers(5))]
             align.append(Row(rel, family="typeset-digits", classname=str(d), text=text))
+    if cfg.align_glyphs:
+        # The web also holds monochrome pictograms. Without them the base has only seen colour emoji and scores
+        # ~16 % on black-and-white line art (docs/DATA.md §4), too low to show forgetting there. Symbola is a
+        # design of its own (no test family draws on it); it covers all 300 finetuning classes.
+        glyphs = src.font_codepoints(src.SYMBOLA_FONT)
+        for cp in base:
+            if "-" in cp or int(cp, 16) not in glyphs:
+                continue
+            e = table[cp]
+            n = 1 + (cfg.align_extra_per_class if cp in bench else 0)
+            texts = emoji_texts(e, _rng(seed, "glyph", cp), n)
+            for k in range(n):
+                rel = job(f"images/alignment/symbola/{cp}_{k}.png", "text", (str(src.SYMBOLA_FONT), chr(int(cp, 16))),
+                          "jitter")
+                align.append(Row(rel, family="symbola", classname=e.name, text=texts[k % len(texts)]))
     p.pairs["alignment"] = align
 
     # --- candidate pool ("CC3M"): openmoji + Tux Paint drawings ------------------------------------------

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TUX_DIR = Path("/usr/share/tuxpaint/stamps")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+SYMBOLA_FONT = Path("/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf")
 
 # Package -> tarball name in npm_dir(); versions are pinned in requirements/npm.txt.
 NPM = {
@@ -67,6 +68,7 @@ FAMILY = {
     "tuxpaint-photo": "tuxpaint-photo",
     "tuxpaint-drawing": "tuxpaint-drawing",
     "dejavu-digits": "typeset-digits",
+    "symbola": "symbola",
 }
 
 
@@ -75,6 +77,16 @@ def tarball(key: str, root: Path | None = None) -> Path:
     if not path.is_file():
         raise InputFileError(f"npm tarball {path} is missing; run scripts/bootstrap.sh (npm pack {NPM[key]})")
     return path
+
+
+def font_codepoints(path: Path) -> frozenset[int]:
+    """Code points a font has a glyph for (its best cmap); a missing font names the Debian package."""
+    from fontTools.ttLib import TTFont
+
+    if not path.is_file():
+        raise InputFileError(f"font {path} is missing; run scripts/bootstrap.sh (apt-get install fonts-symbola)")
+    with TTFont(path, lazy=True) as font:
+        return frozenset(font.getBestCmap())
 
 
 def norm_cp(hexseq: str) -> str:
