@@ -547,6 +547,7 @@ def build(cfg: BuildConfig, force: bool = False) -> Path:
     files.update(sha)
     root = Path(cfg.npm_root) if cfg.npm_root else None
     sources = {k: src.package_info(k, root) for k in sorted(src.NPM)}
+    sources.update({k: src.debian_info(k) for k in sorted(src.DEBIAN)})
     meta = {
         "version": cfg.version,
         "image_size": cfg.image_size,

@@ -125,6 +125,30 @@ def package_info(key: str, root: Path | None = None) -> dict[str, str]:
     return {"package": pkg.get("name", key), "version": str(pkg.get("version", "?")), "license": str(lic)}
 
 
+# Debian packages the build reads, with the licence of what we use from each (from /usr/share/doc/<pkg>/copyright;
+# dpkg records no machine-readable licence for these).
+DEBIAN = {
+    "tuxpaint-stamps-default": "GPL-2",
+    "dataset-fashion-mnist": "MIT",
+    "fonts-symbola": "free for any use (George Douros)",
+    "fonts-dejavu-core": "Bitstream Vera / public domain",
+    "fonts-freefont-ttf": "GPL-3 with font exception",
+}
+
+
+def debian_info(pkg: str) -> dict[str, str]:
+    """Installed version (``dpkg-query``) and licence of a Debian package; version "?" where dpkg is absent."""
+    import subprocess
+
+    try:
+        version = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        version = "?"
+    return {"package": pkg, "version": version or "?", "license": DEBIAN[pkg]}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # emoji
 
