@@ -144,6 +144,20 @@ def test_corrupt_files_on_disk_raise_bad_image(kind: str, tmp_path: Path) -> Non
         open_image(p)
 
 
+def test_skipped_image_is_named_once_in_the_counter_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Counters print the file themselves: the reason they get must not repeat it ("…/p.png (…/p.png: …)").
+    p = tmp_path / "p.png"
+    p.write_bytes(b"not an image")
+    with pytest.raises(BadImage) as info:
+        open_image(p)
+    assert str(info.value).startswith(f"{p}: cannot decode") and str(p) not in info.value.reason
+    counter = BadInputCounter("test", max_bad_fraction=1.0)
+    with caplog.at_level("WARNING"):
+        counter.skip(str(p), info.value.reason)
+    assert caplog.text.count(str(p)) == 1 and "cannot decode" in caplog.text
+    assert BadImage("plain message").reason == "plain message"
+
+
 def test_missing_file_directory_and_zero_byte_file(tmp_path: Path) -> None:
     with pytest.raises(BadImage, match="file not found"):
         open_image(tmp_path / "nope.jpg")

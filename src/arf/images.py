@@ -28,7 +28,16 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class BadImage(ArfError, ValueError):
-    """An image that cannot be used; the message names the file and the reason."""
+    """An image that cannot be used. ``str(e)`` names the file and the reason; ``e.reason`` is the reason alone,
+    for counters that print the file themselves (a bare message is its own reason)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _bad(label: str, reason: str) -> BadImage:
+    return BadImage(f"{label}: {reason}", reason)
 
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -65,14 +74,14 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     try:
         if isinstance(source, bytes):
             if not source:
-                raise BadImage(f"{label}: empty file")
+                raise _bad(label, "empty file")
             fh: io.BytesIO | Path = io.BytesIO(source)
         else:
             p = Path(source)
             if not p.is_file():
-                raise BadImage(f"{label}: file not found")
+                raise _bad(label, "file not found")
             if p.stat().st_size == 0:
-                raise BadImage(f"{label}: empty file")
+                raise _bad(label, "empty file")
             fh = p
         # Pillow raises DecompressionBombError in open() past 2 x MAX_IMAGE_PIXELS and only warns between 1x and
         # 2x; the explicit size check below refuses both from the header, before a single pixel is decoded.
@@ -80,23 +89,25 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         with Image.open(fh) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise BadImage(f"{label}: {w}x{h} exceeds the {MAX_PIXELS}-pixel limit (decompression bomb?)")
+                raise _bad(label, f"{w}x{h} exceeds the {MAX_PIXELS}-pixel limit (decompression bomb?)")
             if w < 2 or h < 2:
-                raise BadImage(f"{label}: {w}x{h} is too small to be an image")
+                raise _bad(label, f"{w}x{h} is too small to be an image")
             img.load()
             return _to_rgb(img)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"{label}: decompression bomb refused ({e})") from None
+        raise _bad(label, f"decompression bomb refused ({e})") from None
     except MemoryError:
-        raise BadImage(f"{label}: out of memory while decoding") from None
+        raise _bad(label, "out of memory while decoding") from None
     except (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, Image.UnidentifiedImageError) as e:
         # Pillow's plugins raise any of these on malformed headers or chunks; all mean "this file is unusable".
         # Pillow names in-memory sources "<_io.BytesIO object at 0x7f…>": the address differs per process, and
         # skip reasons end up in outputs that a resumed run must reproduce byte for byte (pool shard markers).
         reason = _ADDRESS.sub("", str(e))
-        raise BadImage(f"{label}: cannot decode ({type(e).__name__}: {reason})") from None
+        if not isinstance(source, bytes):
+            reason = reason.replace(f" {str(source)!r}", "")  # "cannot identify image file '<path>'": named already
+        raise _bad(label, f"cannot decode ({type(e).__name__}: {reason})") from None
 
 
 class TooManyBadInputs(ArfError, RuntimeError):

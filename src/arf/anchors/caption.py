@@ -77,8 +77,8 @@ def _caption_chunk(captioner: Captioner, images: ImageSet, ids: list[str], batch
                     good_ids.append(i)
                     good_paths.append(p)
                 except BadImage as e:
-                    skipped[i] = str(e)
-                    counter.skip(i, str(e))
+                    skipped[i] = e.reason
+                    counter.skip(i, e.reason)
             batch_ids, paths = good_ids, good_paths
             if not batch_ids:
                 continue

@@ -84,7 +84,7 @@ def open_pool_image(ref: str) -> Any:
                     f = tf.extractfile(m)
                     if f is not None:
                         return open_image(f.read(), name=ref)
-        raise BadImage(f"{ref}: no image with key {key!r} in {tar_path}")
+        raise BadImage(f"{ref}: no image with key {key!r} in {tar_path}", f"no image with key {key!r} in {tar_path}")
     return open_image(ref)
 
 
@@ -94,7 +94,7 @@ def _read_bytes(rec: PoolRecord) -> bytes:
     try:
         return Path(rec.ref).read_bytes()
     except OSError as e:
-        raise BadImage(f"{rec.ref}: cannot read ({e.strerror})") from None
+        raise BadImage(f"{rec.ref}: cannot read ({e.strerror})", f"cannot read ({e.strerror})") from None
 
 
 class _ShardBatches:
@@ -131,7 +131,7 @@ class _ShardBatches:
                         keep.append(rec)
                         hashes.append(sha256_bytes(data))
                     except BadImage as e:
-                        bad.append((rec.pool_id, str(e)))
+                        bad.append((rec.pool_id, e.reason))
             yield {
                 "shard": shard, "batch": b, "n_batches": n_b, "records": keep, "sha256": hashes, "bad": bad,
                 "images": torch.stack(pixels) if pixels else None,

@@ -66,7 +66,7 @@ class ImageDataset(Dataset):
         try:
             img = open_image(self.paths[i], name=self._name(i))
         except BadImage as e:
-            self.counter.skip(self._name(i), str(e))
+            self.counter.skip(self._name(i), e.reason)
             return None
         self.counter.ok()
         return crop_border(img, self.border_crop)

@@ -294,7 +294,7 @@ def cache_image_features(bundle: ClipBundle, paths: Sequence[str], cfg: BaseBuil
                     img = open_image(paths[i])
                     counter.ok()
                 except BadImage as e:
-                    counter.skip(paths[i], str(e))
+                    counter.skip(paths[i], e.reason)
                     ok[j] = False
                     img = None
                 for v in range(cfg.views):

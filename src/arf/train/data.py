@@ -157,7 +157,7 @@ class AnchorImages(ImageDataset):
             try:
                 img = open_pool_image(ref)
             except BadImage as e:
-                self.counter.skip(ref, str(e))
+                self.counter.skip(ref, e.reason)
                 return None
             self.counter.ok()
             return img
