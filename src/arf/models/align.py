@@ -21,7 +21,8 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -209,6 +210,17 @@ def split_holdout(pairs: Sequence[CorpusPair], fraction: float, seed: int) -> tu
 # frozen parts: early trunk and text layers
 
 
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode inside the block, its own mode restored after it, also when the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def early_trunk(trunk: torch.nn.Module, x: torch.Tensor, stage: int) -> torch.Tensor:
     h = trunk.bn1(trunk.conv_stem(x))
     for i in range(stage):
@@ -312,15 +324,12 @@ def cache_image_features(bundle: ClipBundle, paths: Sequence[str], cfg: BaseBuil
             # batch was normalised by its own statistics and the running ones drifted with each cached batch, so
             # the saved trunk differed between an uninterrupted build and a resumed one (whose shards come from
             # disk without a forward pass), and cached features differed from what the model computes at use.
-            was_training = trunk.training
-            trunk.eval()
-            with torch.inference_mode():
+            with eval_mode(trunk), torch.inference_mode():
                 for v in range(cfg.views):
                     x = torch.stack(views[v])
                     out = [early_trunk(trunk, x[b:b + batch_size], cfg.train_from_stage)
                            for b in range(0, len(x), batch_size)]
                     d[f"view{v}"] = torch.cat(out).half()
-            trunk.train(was_training)
             with atomic_path(shard) as tmp:
                 save_file(d, str(tmp))
             done = min(n, s0 + shard_size)
@@ -362,9 +371,7 @@ def cache_text_features(bundle: ClipBundle, texts: Sequence[str], cfg: BaseBuild
     t0 = time.time()
     # Frozen features must be the tower's function of the text: in train mode MiniLM's dropout made them random
     # (two builds of one config differed by up to 0.88 per feature, and so did the bases; docs/BENCHMARKS.md).
-    was_training = tr.training
-    tr.eval()
-    with torch.inference_mode():
+    with eval_mode(tr), torch.inference_mode():
         for b in range(0, len(texts), batch_size):
             tok = bundle.tokenizer(list(texts[b:b + batch_size]))
             mask = (tok != bundle.model.text.config.pad_token_id).long()
@@ -379,7 +386,6 @@ def cache_text_features(bundle: ClipBundle, texts: Sequence[str], cfg: BaseBuild
             else:
                 m = mask.unsqueeze(-1).float()
                 pooled.append((out.last_hidden_state * m).sum(1) / m.sum(1))
-    tr.train(was_training)
     d = {"hidden": torch.cat(hidden), "mask": torch.cat(masks)} if cfg.text_layers else {"pooled": torch.cat(pooled)}
     with atomic_path(path) as tmp:
         save_file(d, str(tmp))
