@@ -92,6 +92,33 @@ def test_cached_activations_give_the_same_step(tmp_path, effnet_bundle):
             torch.testing.assert_close(grads[n], g0[n], rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("freeze_bn_stats", [False, True])
+def test_freeze_bn_stats_keeps_every_running_statistic_while_bn_weights_train(tmp_path, effnet_bundle,
+                                                                               freeze_bn_stats):
+    from arf.images import BadInputCounter
+    from arf.train.data import StepDataset, StepSampler, collate
+
+    ds = arf.data.get_suite("offline", make_benchmark(tmp_path / "b", per_class=2)).get("train")
+    state = {k: v.clone() for k, v in effnet_bundle.model.state_dict().items()}
+    cfg = TrainConfig(method="flyp", batch_size=4, freeze_image_blocks=4, cache_features=False,
+                      freeze_bn_stats=freeze_bn_stats)
+    m = Flyp(cfg, effnet_bundle, ds)
+    phase = m.phases(2)[0]
+    m.set_trainable(phase)
+    m.module.train()
+    m.freeze_norm_stats()
+    sampler = StepSampler(cfg, len(ds), 0, 0, 1, 0, 2, lambda s: m.needs(phase))
+    data = StepDataset(ds, effnet_bundle.preprocess_val, False, None, BadInputCounter("t"))
+    loss = m.losses(m.module, collate([data[k] for k in sampler.keys(0, 0)]), 0, phase)["loss"]
+    loss.backward()
+    after = effnet_bundle.model.state_dict()
+    trained_bn = "visual.trunk.bn2.running_mean"  # after conv_head: trained, not frozen
+    assert effnet_bundle.model.visual.trunk.bn2.weight.grad is not None  # its affine parameters do train
+    assert torch.equal(after[trained_bn], state[trained_bn]) == freeze_bn_stats
+    assert torch.equal(after["visual.trunk.bn1.running_mean"], state["visual.trunk.bn1.running_mean"])  # frozen stem
+    effnet_bundle.model.load_state_dict(state)
+
+
 def test_encode_prefix_declines_over_budget(tmp_path, effnet_bundle):
     ds = arf.data.get_suite("offline", make_benchmark(tmp_path / "b", per_class=2)).get("train")
     split = find_split(effnet_bundle.model, 2)

@@ -67,6 +67,11 @@ class TrainConfig:
     freeze_image_blocks: int = 0
     freeze_text: bool = False
     freeze_text_blocks: int = 0  # the token/position embeddings and the first N text blocks
+    # Keep every batch-norm layer's running statistics (trained ones too) at the pretrained values, as open_clip's
+    # ``lock_image(freeze_bn_stats=True)``. CLIP ViTs have no batch norm; in a BN tower (the offline base's
+    # EfficientNet) the statistics otherwise adapt to the finetuning domain, which alone costs much of the
+    # accuracy on other domains (docs/RESULTS.md).
+    freeze_bn_stats: bool = False
     # Drop all-padding token columns before the text pass (exact for towers that mask padding, e.g. HF ones).
     trim_text_padding: bool = True
     # Random train-time augmentation (the model's ``preprocess_train``) or the eval transform.

@@ -205,9 +205,12 @@ class Method:
         self.module.split = self.split if phase.name != "lp" else None
 
     def freeze_norm_stats(self) -> None:
-        """Batch-norm layers whose parameters are frozen keep their running statistics too."""
+        """Batch-norm layers whose parameters are frozen keep their running statistics too (all of them with
+        ``freeze_bn_stats``: normalised by the pretrained statistics, their affine parameters still train)."""
         for m in self.module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                self.cfg.freeze_bn_stats or not any(p.requires_grad for p in m.parameters())
+            ):
                 m.eval()
 
     def uses_cached_features(self, phase: Phase) -> bool:
