@@ -138,8 +138,10 @@ class Method:
     has_head = False
     trains = True
     # Text pass in at most this many forwards of similar-length rows (1: one pass padded to the longest text).
-    # On a demo ARF step (64 prompts, captions and anchor texts, MiniLM) 3 groups encode 2259 tokens instead of
-    # 3456; a 4th saved ~6 % more tokens, and each group is another forward (more OpenMP barriers on busy cores).
+    # A demo ARF step (64 prompts, captions, anchor texts; mini-clip) encodes ~2460 tokens instead of ~4220, and
+    # its text pass takes 1.0 s instead of 1.7 s on 2 otherwise idle cores (benchmarks/bench_text_pass.py); a 4th
+    # group saved ~6 % more tokens. Each group is another forward, though: with another process busy on the same
+    # cores, every parallel op of a forward waits on the scheduler, and 3 forwards cost more than one.
     max_text_groups = 3
 
     def __init__(self, cfg: TrainConfig, bundle: Any, ds: LabeledSet, captions: list[str | None] | None = None,
