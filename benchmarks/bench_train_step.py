@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     import arf.models
     from arf.data import LabeledSet
+    from arf.models.text import trim_padding
     from arf.train.config import TrainConfig
     from arf.train.data import Anchors
-    from arf.train.frozen import trim_padding
     from arf.train.methods import METHODS
     from arf.train.optim import build_optimizer
 

@@ -56,6 +56,24 @@ def test_embed_shards_match_the_bare_towers_and_skip_corrupt_images(tmp_path: Pa
     assert meta[0]["sha256"] == hashlib.sha256(Path(meta[0]["path"]).read_bytes()).hexdigest()
 
 
+def test_text_embeddings_of_a_padding_masking_tower_equal_full_context_ones(tmp_path: Path) -> None:
+    # The pool trims all-padding token columns before the text tower; exact only because HF towers mask padding.
+    import torch
+
+    from train_fixtures import hf_text_bundle
+
+    src = make_pool(tmp_path / "pool", n_per_class=2)
+    bundle = hf_text_bundle(tmp_path / "hf")
+    embed_pool(_cfg(src, tmp_path / "emb"), bundle)
+    _, txt, meta = _read_all(tmp_path / "emb")
+    tokens = bundle.tokenizer([m["text"] for m in meta])
+    assert (tokens == 0).all(dim=0).any()  # the full context does hold padding-only columns
+    bundle.model.eval()
+    with torch.inference_mode():
+        full = bundle.model.encode_text(tokens, normalize=True).float().numpy()
+    assert np.allclose(txt, full, atol=2e-3)  # float16 storage
+
+
 def test_resume_after_interruption_equals_uninterrupted(tmp_path: Path) -> None:
     src = make_pool(tmp_path / "pool", n_per_class=6, corrupt=1)
     bundle = tiny_bundle()

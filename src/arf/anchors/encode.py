@@ -54,18 +54,54 @@ def _device(bundle: Any) -> Any:
         return torch.device("cpu")
 
 
+def _all_tokens(bundle: Any, texts: Sequence[str], pad_id: int, chunk: int = 4096) -> Any:
+    """Every text's tokens in one tensor, as wide as the longest text. Tokenized in chunks, each trimmed first: a
+    whole corpus in one tokenizer call would hold every text's tokenizer output, padded to the context, at once."""
+    import torch
+    import torch.nn.functional as F
+
+    from arf.models.text import trim_padding
+
+    parts = [trim_padding(bundle.tokenizer(list(texts[i:i + chunk])), pad_id) for i in range(0, len(texts), chunk)]
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad_id) for p in parts])
+
+
 def encode_texts(bundle: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Unit-norm float32 embeddings of ``texts``, row ``i`` for ``texts[i]``.
+
+    For a tower that masks padding (``text_pad_id``) the texts are encoded shortest first, each batch without
+    its all-padding columns, then put back in order: a corpus of ~8-token texts was padded to the whole context
+    (MiniLM: 32), and a batch is only as short as its longest text, so similar lengths share a batch. Other
+    towers get their full context, in the given order.
+    """
     import torch
 
-    out = []
+    from arf.models.text import text_pad_id, token_lengths, trim_padding
+
     dev = _device(bundle)
     bundle.model.eval()
+    n = len(texts)
+    pad = text_pad_id(bundle.model)
+    order = None
+    if pad is None or n == 0:
+        batches: Iterator[Any] = (bundle.tokenizer(list(texts[i:i + batch_size])) for i in range(0, n, batch_size))
+    else:
+        tokens = _all_tokens(bundle, texts, pad)
+        order = torch.argsort(token_lengths(tokens, pad), stable=True)
+        batches = (trim_padding(tokens[order[i:i + batch_size]], pad) for i in range(0, n, batch_size))
+    out = []
     with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            tokens = bundle.tokenizer(list(texts[i:i + batch_size])).to(dev)
-            out.append(bundle.model.encode_text(tokens, normalize=True).float().cpu().numpy())
-    dim = out[0].shape[1] if out else 0
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+        for batch in batches:
+            out.append(bundle.model.encode_text(batch.to(dev), normalize=True).float().cpu().numpy())
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    emb = np.concatenate(out)
+    if order is None:
+        return emb
+    restored = np.empty_like(emb)
+    restored[order.numpy()] = emb
+    return restored
 
 
 def encode_pils(bundle: Any, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:

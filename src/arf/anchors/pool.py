@@ -201,6 +201,7 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     from tqdm import tqdm
 
     from arf.anchors.encode import load_bundle
+    from arf.models.text import text_pad_id, trim_padding
 
     cfg.validate()
     rank, world = parse_shard(cfg.shard) if cfg.shard else world_from_env()
@@ -251,6 +252,8 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     pending: dict[int, dict[int, Any]] = {}
     dev = next(bundle.model.parameters()).device
     bundle.model.eval()
+    # Pool texts are short (median ~8 tokens of a 256 context): towers that mask padding encode only used columns.
+    pad_id = text_pad_id(bundle.model)
     n_pairs, n_written, t0 = 0, 0, time.perf_counter()
     bar = tqdm(total=sum(len(r) for _, r in shards), unit="pair", disable=not cfg.progress or rank != 0,
                desc=f"embed {rank}/{world}")
@@ -261,7 +264,8 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
                     counter.skip(key, reason)
                 if item["images"] is not None:
                     img = bundle.model.encode_image(item["images"].to(dev), normalize=True).float().cpu().numpy()
-                    txt = bundle.model.encode_text(item["tokens"].to(dev), normalize=True).float().cpu().numpy()
+                    tokens = trim_padding(item["tokens"], pad_id).to(dev)
+                    txt = bundle.model.encode_text(tokens, normalize=True).float().cpu().numpy()
                     for _ in item["records"]:
                         counter.ok()
                 else:

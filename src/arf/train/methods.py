@@ -7,7 +7,8 @@ encoding of a step in at most one image pass and one text pass, so DDP sees ever
 
 ``arf``: the finetuning images are encoded once and serve both FLYP's class-prompt loss and the caption loss; the
 anchor images ride in the same image pass (concatenated), and class prompts, captions and anchor texts in the
-same text pass.
+same text pass. Inside that one forward the texts are encoded in a few groups of similar length, each without
+its padding columns (:func:`arf.models.text.length_groups`), for towers that mask padding.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arf.data import LabeledSet
-from arf.models.text import text_pad_id, trim_padding
+from arf.models.text import length_groups, text_pad_id
 from arf.registry import Registry
 from arf.train.config import TrainConfig
 from arf.train.data import Anchors
@@ -75,15 +77,27 @@ class TrainModule(nn.Module):
                 parts.append(self.split.prefix(images))
         return self.split.suffix(torch.cat(parts) if len(parts) > 1 else parts[0])
 
-    def forward(self, images: torch.Tensor | None = None, texts: torch.Tensor | None = None,
-                features: torch.Tensor | None = None, acts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def encode_texts(self, texts: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """One token tensor, or groups of rows (each trimmed to its own length) encoded in turn, concatenated.
+
+        The groups are encoded here, inside the module's single forward, not by the caller: DDP must see one
+        forward per backward, and every text parameter is used by each group, so nothing goes unused.
+        """
+        if isinstance(texts, torch.Tensor):
+            return self.model.encode_text(texts)
+        parts = [t for t in texts if t.shape[0]] or list(texts[:1])
+        return torch.cat([self.model.encode_text(t) for t in parts])
+
+    def forward(self, images: torch.Tensor | None = None,
+                texts: torch.Tensor | Sequence[torch.Tensor] | None = None, features: torch.Tensor | None = None,
+                acts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if images is not None or acts is not None:
             out["image"] = F.normalize(self.encode_images(images, acts), dim=-1)
         if features is not None:  # cached encoder output (frozen image tower)
             out["image"] = F.normalize(features, dim=-1)
         if texts is not None:
-            out["text"] = F.normalize(self.model.encode_text(texts), dim=-1)
+            out["text"] = F.normalize(self.encode_texts(texts), dim=-1)
         if self.head is not None and "image" in out:
             out["logits"] = self.head(out["image"])
         else:
@@ -123,6 +137,12 @@ class Method:
     name = "base"
     has_head = False
     trains = True
+    # Text pass in at most this many forwards of similar-length rows (1: one pass padded to the longest text).
+    # A demo ARF step (64 prompts, captions, anchor texts; mini-clip) encodes ~2460 tokens instead of ~4220, and
+    # its text pass takes 1.0 s instead of 1.7 s on 2 otherwise idle cores (benchmarks/bench_text_pass.py); a 4th
+    # group saved ~6 % more tokens. Each group is another forward, though: with another process busy on the same
+    # cores, every parallel op of a forward waits on the scheduler, and 3 forwards cost more than one.
+    max_text_groups = 3
 
     def __init__(self, cfg: TrainConfig, bundle: Any, ds: LabeledSet, captions: list[str | None] | None = None,
                  anchors: Anchors | None = None) -> None:
@@ -375,9 +395,11 @@ class Flyp(Method):
         texts, sizes = self.texts(batch, step)
         n_img = int(batch["labels"].shape[0])
         dev = batch["labels"].device
-        tokens = trim_padding(self.bundle.tokenizer(texts), self.pad_id).to(dev)
-        out = module(texts=tokens, **self.image_inputs(batch, phase))
+        groups, restore = length_groups(self.bundle.tokenizer(texts), self.pad_id, self.max_text_groups)
+        out = module(texts=[g.to(dev) for g in groups], **self.image_inputs(batch, phase))
         img, txt, scale = out["image"], out["text"], out["scale"]
+        if restore is not None:  # the groups were sorted by length: rows back in the order of ``texts``
+            txt = txt[restore.to(dev)]
         t_prompt, t_cap, t_anchor = torch.split(txt, sizes)
         labels = batch["labels"].to(dev)
         groups = labels if cfg.duplicates == "multi_positive" else None
