@@ -35,9 +35,10 @@ class BadImage(ArfError, ValueError):
         super().__init__(message)
         self.reason = reason or message
 
-
-def _bad(label: str, reason: str) -> BadImage:
-    return BadImage(f"{label}: {reason}", reason)
+    @classmethod
+    def at(cls, label: str, reason: str) -> BadImage:
+        """``"<label>: <reason>"``, with ``reason`` kept apart."""
+        return cls(f"{label}: {reason}", reason)
 
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -74,14 +75,14 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     try:
         if isinstance(source, bytes):
             if not source:
-                raise _bad(label, "empty file")
+                raise BadImage.at(label, "empty file")
             fh: io.BytesIO | Path = io.BytesIO(source)
         else:
             p = Path(source)
             if not p.is_file():
-                raise _bad(label, "file not found")
+                raise BadImage.at(label, "file not found")
             if p.stat().st_size == 0:
-                raise _bad(label, "empty file")
+                raise BadImage.at(label, "empty file")
             fh = p
         # Pillow raises DecompressionBombError in open() past 2 x MAX_IMAGE_PIXELS and only warns between 1x and
         # 2x; the explicit size check below refuses both from the header, before a single pixel is decoded.
@@ -89,17 +90,17 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         with Image.open(fh) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise _bad(label, f"{w}x{h} exceeds the {MAX_PIXELS}-pixel limit (decompression bomb?)")
+                raise BadImage.at(label, f"{w}x{h} exceeds the {MAX_PIXELS}-pixel limit (decompression bomb?)")
             if w < 2 or h < 2:
-                raise _bad(label, f"{w}x{h} is too small to be an image")
+                raise BadImage.at(label, f"{w}x{h} is too small to be an image")
             img.load()
             return _to_rgb(img)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise _bad(label, f"decompression bomb refused ({e})") from None
+        raise BadImage.at(label, f"decompression bomb refused ({e})") from None
     except MemoryError:
-        raise _bad(label, "out of memory while decoding") from None
+        raise BadImage.at(label, "out of memory while decoding") from None
     except (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, Image.UnidentifiedImageError) as e:
         # Pillow's plugins raise any of these on malformed headers or chunks; all mean "this file is unusable".
         # Pillow names in-memory sources "<_io.BytesIO object at 0x7f…>": the address differs per process, and
@@ -107,7 +108,7 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         reason = _ADDRESS.sub("", str(e))
         if not isinstance(source, bytes):
             reason = reason.replace(f" {str(source)!r}", "")  # "cannot identify image file '<path>'": named already
-        raise _bad(label, f"cannot decode ({type(e).__name__}: {reason})") from None
+        raise BadImage.at(label, f"cannot decode ({type(e).__name__}: {reason})") from None
 
 
 class TooManyBadInputs(ArfError, RuntimeError):

@@ -84,7 +84,7 @@ def open_pool_image(ref: str) -> Any:
                     f = tf.extractfile(m)
                     if f is not None:
                         return open_image(f.read(), name=ref)
-        raise BadImage(f"{ref}: no image with key {key!r} in {tar_path}", f"no image with key {key!r} in {tar_path}")
+        raise BadImage.at(ref, f"no image with key {key!r} in {tar_path}")
     return open_image(ref)
 
 
@@ -94,7 +94,7 @@ def _read_bytes(rec: PoolRecord) -> bytes:
     try:
         return Path(rec.ref).read_bytes()
     except OSError as e:
-        raise BadImage(f"{rec.ref}: cannot read ({e.strerror})", f"cannot read ({e.strerror})") from None
+        raise BadImage.at(rec.ref, f"cannot read ({e.strerror})") from None
 
 
 class _ShardBatches:

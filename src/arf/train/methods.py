@@ -395,8 +395,8 @@ class Flyp(Method):
         texts, sizes = self.texts(batch, step)
         n_img = int(batch["labels"].shape[0])
         dev = batch["labels"].device
-        groups, restore = length_groups(self.bundle.tokenizer(texts), self.pad_id, self.max_text_groups)
-        out = module(texts=[g.to(dev) for g in groups], **self.image_inputs(batch, phase))
+        token_groups, restore = length_groups(self.bundle.tokenizer(texts), self.pad_id, self.max_text_groups)
+        out = module(texts=[g.to(dev) for g in token_groups], **self.image_inputs(batch, phase))
         img, txt, scale = out["image"], out["text"], out["scale"]
         if restore is not None:  # the groups were sorted by length: rows back in the order of ``texts``
             txt = txt[restore.to(dev)]
