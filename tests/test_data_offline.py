@@ -78,6 +78,7 @@ def test_tiny_build_is_leak_free_and_concepts_are_in_alignment(tiny):
             assert name in texts, f"concept {name!r} of {key} is missing from the alignment corpus"
     fams = set(pq.read_table(tiny / "alignment.parquet", columns=["family"]).column("family").to_pylist())
     assert fams.isdisjoint({"fluent", "emojione", "openmoji", "flag-icons", "tuxpaint-photo", "mnist"})
+    assert {"circle-flags", "flagpack", "symbola"} <= fams
 
 
 @needs_sources
@@ -92,6 +93,19 @@ def test_alignment_holds_black_and_white_glyphs_of_the_train_classes(tiny):
     with Image.open(tiny / glyphs[0]["path"]) as im:
         grey = np.asarray(im.convert("L"))
     assert grey.min() < 64 and np.median(grey) > 200  # dark strokes on a white ground
+
+
+@needs_sources
+def test_alignment_shows_every_zero_shot_country_in_other_flag_designs(tiny):
+    # zs-flags is a zero-shot set only if the base has seen the countries' flags, in designs other than the test's.
+    rows = pq.read_table(tiny / "alignment.parquet").to_pylist()
+    countries = read_json(tiny / "classnames" / "zs-flags.json")
+    for fam in ("circle-flags", "flagpack"):
+        flags = [r for r in rows if r["family"] == fam]
+        assert all(r["path"].startswith(f"images/alignment/{fam}/") and r["text"].endswith(".") for r in flags)
+        named = {c for c in countries for r in flags if r["text"].endswith(f" of {c}.")}
+        assert len(named) >= len(countries) - 1  # a design may lack one tested country
+    assert find_leaks(tiny) == []  # flag-icons, the test design, stays out of the alignment corpus
 
 
 @needs_sources

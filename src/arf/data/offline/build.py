@@ -8,7 +8,8 @@ split          images                                                 families
 =============  =====================================================  ==========================================
 alignment      every base emoji, flags, typeset digits (+ texts)      noto (SVG, Google PNG), twemoji (SVG,
                                                                       Twitter PNG), typeset-digits, symbola
-                                                                      (black-and-white glyphs)
+                                                                      (black-and-white glyphs), circle-flags,
+                                                                      flagpack
 pool           every base emoji, Tux Paint drawings (+ captions)      openmoji, tuxpaint-drawing
 train/val/id   train classes as stickers on coloured backgrounds      emojione
 shift-3d       train classes, 3D renders                              fluent (3D)
@@ -72,6 +73,7 @@ class BuildConfig:
     mnist_per_class: int = 50
     align_extra_per_class: int = 2  # extra jittered renders per benchmark class in the alignment corpus
     align_glyphs: bool = True  # Symbola black-and-white glyphs of every base emoji it covers, in the alignment
+    align_flag_designs: bool = True  # circle-flags and flagpack renders of every country, in the alignment
     workers: int = 2
     npm_root: str | None = None  # default: arf.paths.npm_dir()
     tux_root: str = str(src.TUX_DIR)
@@ -368,6 +370,7 @@ def plan(cfg: BuildConfig) -> Plan:
         for i, (rel, fam) in enumerate(renders):
             align.append(Row(rel, family=fam, classname=e.name, text=texts[i % len(texts)]))
     countries = {f.code: f.name for f in src.flags(root)}
+    flag_sets = {k: src.icon_set(k, root) for k in ("circle-flags", "flagpack")} if cfg.align_flag_designs else {}
     flag_codes = {f.code for f in flags}
     for code, cp in sorted(flag_cps.items()):
         # Tiny builds keep only the tested countries; full builds align on every flag emoji.
@@ -378,6 +381,17 @@ def plan(cfg: BuildConfig) -> Plan:
                 rel = job(f"images/alignment/{key}-flags/{code}.png", "bytes", pngs[cp], "plain")
                 tmpl = FLAG_TEMPLATES[int(_rng(seed, "flag", key, code).integers(len(FLAG_TEMPLATES)))]
                 align.append(Row(rel, family=fam, classname=countries[code], text=tmpl.format(countries[code])))
+        if cfg.align_flag_designs:
+            # The web shows a country's flag in many designs; two emoji flags per country left the base at ~16 %
+            # on zs-flags (docs/DATA.md §4). Neither design is flag-icons (the test family).
+            for key in ("circle-flags", "flagpack"):
+                iset = flag_sets[key]
+                if code not in iset.icons:
+                    continue
+                for k in range(1 + cfg.align_extra_per_class):
+                    rel = job(f"images/alignment/{key}/{code}_{k}.png", "svg", iset.svg(code, size), "jitter")
+                    tmpl = FLAG_TEMPLATES[int(_rng(seed, "flag", key, code, k).integers(len(FLAG_TEMPLATES)))]
+                    align.append(Row(rel, family=key, classname=countries[code], text=tmpl.format(countries[code])))
     fonts = sorted(
         str(f)
         for d in ("dejavu", "freefont")
