@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import arf.data
     import arf.models
     from arf.images import BadInputCounter
+    from arf.models.trunk import encode_prefix, find_split
     from arf.train.data import AnchorImages
-    from arf.train.frozen import encode_prefix, find_split
 
     bundle = arf.models.create_model(args.model)
     model = bundle.model.eval()

@@ -8,8 +8,8 @@ import torch
 import arf.data
 import arf.models
 from arf.models.text import trim_padding
+from arf.models.trunk import encode_prefix, find_split
 from arf.train.config import TrainConfig
-from arf.train.frozen import encode_prefix, find_split
 from arf.train.methods import FineTune, Flyp
 from train_fixtures import effnet_bundle as make_effnet_bundle
 from train_fixtures import make_benchmark

@@ -15,7 +15,7 @@ from arf.data import ImageDataset, LabeledSet
 from arf.evaluate import EvalOptions, encode_set, wise_sweep
 from arf.evaluate.prefix_cache import PrefixFeatures
 from arf.models import create_model, save_checkpoint
-from arf.train.frozen import find_shared_split
+from arf.models.trunk import find_shared_split
 from train_fixtures import effnet_bundle
 
 COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)]

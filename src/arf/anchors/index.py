@@ -151,8 +151,8 @@ def build_index(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = No
     memory = _index_bytes(index)
     info = IndexInfo(kind, factory, n, dim, round(build_time, 3), memory, param, value, k, round(recall, 4), len(q),
                      cfg.target_recall)
-    log.info("index %s: %d x %d, built in %.1fs, %s=%s, recall@%d=%.3f", factory, n, dim, build_time, param, value,
-             k, recall)
+    tuned = f", {param}={value}" if param else ""  # exact indexes (Flat) have no search parameter
+    log.info("index %s: %d x %d, built in %.1fs%s, recall@%d=%.3f", factory, n, dim, build_time, tuned, k, recall)
     return index, info
 
 
@@ -199,6 +199,8 @@ def build_pool_index(cfg: IndexConfig) -> dict[str, IndexInfo]:
     for m in modalities:
         x = texts if m == "text" else load_embeddings(cfg.emb, "image")[0]
         index, info = build_index(x, cfg, queries=texts)
-        save_index(index, info, index_path(cfg.emb, m, cfg.out))
+        path = index_path(cfg.emb, m, cfg.out)
+        save_index(index, info, path)
+        log.info("pool %s index -> %s", m, path)
         infos[m] = info
     return infos

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from arf.evaluate.runner import EvalOptions, encode_set, set_fingerprint
-from arf.train.frozen import MAX_CACHE_BYTES, TrunkSplit, cache_fits, find_shared_split, prefix_batches, same_state
+from arf.models.trunk import MAX_CACHE_BYTES, TrunkSplit, cache_fits, find_shared_split, prefix_batches, same_state
 
 log = logging.getLogger(__name__)
 

@@ -183,7 +183,7 @@ def wise_sweep(
     from arf.evaluate.runner import EvalOptions, evaluate, evaluate_to_file, model_tag
     from arf.evaluate.zeroshot import head_info, load_trained_head, write_head_file
     from arf.models import create_model, save_checkpoint
-    from arf.train.frozen import MAX_CACHE_BYTES
+    from arf.models.trunk import MAX_CACHE_BYTES
 
     check(sets is not None or out_dir is not None, "wise", "nothing to do: give sets to evaluate and/or an out_dir")
     opts = opts or EvalOptions()

@@ -27,10 +27,10 @@ from torch import nn
 
 from arf.data import LabeledSet
 from arf.models.text import length_groups, text_pad_id
+from arf.models.trunk import TrunkSplit, encode_prefix, find_split
 from arf.registry import Registry
 from arf.train.config import TrainConfig
 from arf.train.data import Anchors
-from arf.train.frozen import TrunkSplit, encode_prefix, find_split
 from arf.train.losses import classification_loss, contrastive_loss, text_groups
 
 log = logging.getLogger(__name__)
