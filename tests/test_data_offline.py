@@ -37,6 +37,24 @@ def tiny(tmp_path_factory) -> Path:
     return out
 
 
+def test_animal_mnist_class_names_are_the_packages_own_list():
+    # The names must follow the package's label order; a wrong list shifts labels and no test on shapes sees it.
+    import importlib.metadata
+    import re
+
+    from arf.data.offline.sources import animal_mnist
+
+    try:
+        description = importlib.metadata.metadata("animal-mnist").get_payload() or ""
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("animal-mnist not installed")
+    listed = re.search(r"including ([A-Za-z, ]+)\)", description)
+    assert listed, "the package description no longer lists its classes"
+    expected = sorted(w.strip().lower() for w in listed.group(1).split(","))
+    x, y, names = animal_mnist()
+    assert names == expected and sorted(set(y.tolist())) == list(range(len(names))) and len(x) == len(y)
+
+
 def test_caption_matching_takes_the_head_noun():
     names = ["rainbow", "kangaroo", "cherries", "pear", "glass of milk", "milk", "apple", "green apple"]
     assert match_caption("A rainbow lorikeet.", names) is None

@@ -45,6 +45,9 @@ from arf.io import read_json, sha256_file, write_json, write_parquet
 log = logging.getLogger(__name__)
 
 VERSION = "v1"
+# Bumped when the planner's output changes for the same config (a build of an older revision is rebuilt):
+# 2 = Animal-MNIST class names corrected (bird/sheep, not lion/monkey).
+BUILD_REVISION = 2
 CLASS_CATEGORIES = ("Animals & Nature", "Food & Drink", "Objects", "Travel & Places", "Activities")
 # Clock faces and map pictograms have names that no picture disambiguates ("eleven thirty").
 EXCLUDED_SUBCATEGORIES = ("time", "place-map", "award-medal", "lock", "sound", "light & video")
@@ -84,6 +87,7 @@ class BuildConfig:
         d = dict(self.__dict__)
         for k in ("out", "workers", "npm_root"):
             d.pop(k)
+        d["revision"] = BUILD_REVISION
         return d
 
 
