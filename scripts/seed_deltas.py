@@ -1,0 +1,58 @@
+"""Per-seed differences of one method against its peers: ID / OOD avg / zero-shot avg, from an eval records file.
+
+Means over seeds hide whether a gain holds in every seed; docs/RESULTS.md quotes this table next to the means.
+
+    python scripts/seed_deltas.py runs/offline-results-bnfrozen/records.jsonl --method arf --peers ft,flyp,lp,lpft
+    python scripts/seed_deltas.py RECORDS --method arf@0.5 --peers ft@0.5,flyp@0.5   # WiSE-FT rows (method@alpha)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+from arf.evaluate.records import dedupe, read_records, role_averages
+
+COLUMNS = ("ID", "OOD avg", "zero-shot avg")
+
+
+def parse_row(spec: str) -> tuple[str, float | None]:
+    name, _, alpha = spec.partition("@")
+    return name, float(alpha) if alpha else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("records")
+    ap.add_argument("--method", default="arf", help="method[@alpha] whose differences are shown")
+    ap.add_argument("--peers", default="ft,flyp,lp,lpft", help="comma-separated method[@alpha] list")
+    ap.add_argument("--metric", default="top1")
+    args = ap.parse_args()
+
+    groups = defaultdict(list)
+    for r in dedupe(read_records(args.records)):
+        if r.metric == args.metric:
+            groups[(r.method, r.alpha, r.seed)].append(r)
+    averages = {key: role_averages(rs, args.metric) for key, rs in groups.items()}
+    target = parse_row(args.method)
+    peers = [parse_row(p) for p in args.peers.split(",") if p]
+    seeds = sorted({seed for (m, a, seed) in averages if (m, a) == target and seed is not None})
+    if not seeds:
+        raise SystemExit(f"no records of {args.method} in {args.records}")
+
+    def fmt(v: dict[str, float]) -> str:
+        return " / ".join(f"{v[c]:.1f}" for c in COLUMNS)
+
+    print("| seed | " + args.method + " | " + " | ".join(f"− {p}" for p in args.peers.split(",")) + " |")
+    print("|---" * (2 + len(peers)) + "|")
+    for seed in seeds:
+        mine = averages[(*target, seed)]
+        cells = []
+        for peer in peers:
+            other = averages.get((*peer, seed))
+            cells.append("–" if other is None else " / ".join(f"{mine[c] - other[c]:+.1f}" for c in COLUMNS))
+        print(f"| {seed} | {fmt(mine)} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
