@@ -11,7 +11,7 @@ from PIL import Image
 from arf.errors import InputFileError
 from arf.evaluate import Record, append_records
 from arf.report import build_report, collect_records
-from arf.report.plots import curve_points
+from arf.report.plots import curve_points, sweep_line
 from arf.report.tables import build_table, to_markdown
 
 SETS = {"idset": "id", "s1": "shift", "s2": "shift", "z1": "zeroshot", "z2": "zeroshot", "v": "val"}
@@ -80,6 +80,22 @@ def test_curves_follow_alpha_order():
     mid = pts["arf"][2]
     assert mid.y == pytest.approx(statistics.mean((value("arf", 0.5, "s1", s) + value("arf", 0.5, "s2", s)) / 2
                                                   for s in SEEDS))
+
+
+def test_a_single_alpha_sweep_is_closed_by_the_zero_shot_and_finetuned_models(tmp_path):
+    # `arf wise --alphas 0.5` records only α = 0.5; the finetuned model's own eval has α None. The curve must still
+    # run zero-shot → 0.5 → finetuned, one legend entry per method (docs/RESULTS.md §1 b).
+    recs = [r for r in synthetic() if r.alpha == 0.5 or r.method == "zeroshot"]
+    recs += [Record(r.model, r.method, None, r.set, r.role, r.metric, r.value, r.n, r.config_hash, r.seed)
+             for r in synthetic() if r.alpha == 1.0]
+    pts = curve_points(recs, x="ID", y="OOD avg")
+    zero = next(p for p in pts["zeroshot"] if p.alpha is None)
+    line = sweep_line(pts["arf"], zero)
+    assert [p.alpha for p in line] == [0.0, 0.5, 1.0]
+    assert (line[0].x, line[0].y) == (zero.x, zero.y) and line[2].x == pts["arf"][-1].x
+    assert sweep_line([p for p in pts["arf"] if p.alpha is None], zero) == []  # no sweep: a marker, not a curve
+    result = build_report(recs, tmp_path)
+    assert result.curves == {"wise_id_vs_ood": 3, "wise_id_vs_zeroshot": 3}
 
 
 def test_build_report_writes_files(tmp_path):

@@ -46,6 +46,22 @@ def curve_points(
     return dict(out)
 
 
+def sweep_line(pts: Sequence[CurvePoint], zero: CurvePoint | None) -> list[CurvePoint]:
+    """A method's WiSE-FT curve: its α points, closed by the zero-shot model (α = 0) and the finetuned model
+    (α = 1) where the sweep did not evaluate those ends itself (e.g. ``arf wise --alphas 0.5``). Empty without
+    a sweep: the finetuned model alone is a marker, not a curve."""
+    swept = [p for p in pts if p.alpha is not None]
+    if not swept:
+        return []
+    final = [p for p in pts if p.alpha is None]
+    line = list(swept)
+    if zero is not None and all(p.alpha != 0.0 for p in swept):
+        line.insert(0, CurvePoint(0.0, zero.x, zero.y))
+    if final and all(p.alpha != 1.0 for p in swept):
+        line.append(CurvePoint(1.0, final[0].x, final[0].y))
+    return line
+
+
 def plot_curves(
     points: dict[str, list[CurvePoint]], path: str | Path, xlabel: str, ylabel: str, title: str
 ) -> int:
@@ -65,17 +81,18 @@ def plot_curves(
     for i, (method, pts) in enumerate(p for p in points.items() if p[0] != "zeroshot"):
         color = f"C{i % 10}"
         marker = MARKERS[i % len(MARKERS)]
-        swept = [p for p in pts if p.alpha is not None]
-        if len(swept) >= 2:
+        line = sweep_line(pts, zero[0] if zero else None)
+        if len(line) >= 2:
             curves += 1
-            ax.plot([p.x for p in swept], [p.y for p in swept], "-", marker=marker, ms=4, color=color, lw=1.8,
+            ax.plot([p.x for p in line], [p.y for p in line], "-", marker=marker, ms=4, color=color, lw=1.8,
                     label=method)
-            for p in swept:
+            for p in line:
                 if p.alpha == 1.0:
                     ax.plot(p.x, p.y, marker=marker, ms=11, color=color, mec="black", ls="none", zorder=4)
         else:
-            for p in pts:
-                ax.plot(p.x, p.y, marker=marker, ms=11, color=color, mec="black", ls="none", label=method)
+            for k, p in enumerate(pts):
+                ax.plot(p.x, p.y, marker=marker, ms=11, color=color, mec="black", ls="none",
+                        label=method if k == 0 else None)
     if curves:
         ax.text(0.01, 0.01, "curves: WiSE-FT from α=0 (★ zero-shot) to α=1 (large marker: finetuned)",
                 transform=ax.transAxes, fontsize=8, color="0.3", va="bottom")
