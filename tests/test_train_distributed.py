@@ -74,6 +74,7 @@ def _worker(rank: int, root: str, port: int, methods: list[str], out: str) -> No
     try:
         for method in methods:
             torch.save(_step(Path(root), method, rank, WORLD), f"{out}.{method}.{rank}")
+        torch.distributed.barrier()  # as arf.train.distributed.cleanup: no rank tears gloo down under another
     finally:
         torch.distributed.destroy_process_group()
 

@@ -116,6 +116,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = False) -> None:
+    """Destroy the process group. ``synchronize`` first waits for every rank (after a successful run): a rank that
+    tears gloo down while another still has work in flight can abort that one ("terminate called without an
+    active exception", seen once in CI). Never after an error, where the other ranks may never reach the barrier."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()

@@ -197,9 +197,12 @@ def train(cfg: TrainConfig, *, bundle: Any | None = None, train_set: Any | None 
     info = D.init_distributed(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available()
                                                                        else "cpu"))
     try:
-        return _train(cfg, info, bundle, train_set, resume)
-    finally:
+        run_dir = _train(cfg, info, bundle, train_set, resume)
+    except BaseException:
         D.cleanup()
+        raise
+    D.cleanup(synchronize=True)
+    return run_dir
 
 
 def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | None, resume: str | None) -> Path:
