@@ -68,22 +68,6 @@ def test_config_validation_names_field() -> None:
         _cfg(batch_size=1).validate()
 
 
-def test_eval_mode_restores_the_module_mode_also_after_an_error() -> None:
-    from arf.models.align import eval_mode
-
-    m = torch.nn.Sequential(torch.nn.Dropout(0.5))
-    with eval_mode(m):
-        assert not m.training and not m[0].training
-    assert m.training and m[0].training
-    with pytest.raises(RuntimeError), eval_mode(m):
-        raise RuntimeError("a failed batch")
-    assert m.training and m[0].training
-    m.eval()
-    with eval_mode(m):
-        pass
-    assert not m.training  # a module in eval mode stays in it
-
-
 def test_clip_loss_matches_soft_target_cross_entropy() -> None:
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from arf.evaluate.runner import EvalOptions, encode_set, set_fingerprint
+from arf.models.base import eval_mode
 from arf.models.trunk import MAX_CACHE_BYTES, TrunkSplit, cache_fits, find_shared_split, prefix_batches, same_state
 
 log = logging.getLogger(__name__)
@@ -81,18 +82,13 @@ class PrefixFeatures:
             # Cannot happen in a sweep (the prefix is shared by θ0 and θ1); refuse rather than serve stale features.
             log.warning("the image-tower prefix changed since it was cached; encoding %s in full", ds.name)
             return encode_set(bundle, ds, opts)
-        model = bundle.model
-        was_training = model.training
-        model.eval()  # BatchNorm must use its running stats, as encode_set does
-        try:
-            with torch.no_grad():
-                entry = self._activations(bundle, ds, opts)
-                if entry is None:
-                    return encode_set(bundle, ds, opts)
-                device = torch.device(opts.device)
-                feats = [F.normalize(self.split.suffix(h.to(device)), dim=-1).float().cpu() for h in entry.acts]
-        finally:
-            model.train(was_training)
+        # BatchNorm must use its running stats, as encode_set does.
+        with eval_mode(bundle.model), torch.no_grad():
+            entry = self._activations(bundle, ds, opts)
+            if entry is None:
+                return encode_set(bundle, ds, opts)
+            device = torch.device(opts.device)
+            feats = [F.normalize(self.split.suffix(h.to(device)), dim=-1).float().cpu() for h in entry.acts]
         if not feats:
             return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
         return torch.cat(feats), torch.cat(entry.labels)

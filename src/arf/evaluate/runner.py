@@ -21,6 +21,7 @@ from tqdm import tqdm
 from arf.config import config_hash
 from arf.evaluate.records import Record, append_records, read_records
 from arf.evaluate.zeroshot import Head, HeadCache, tensor_fingerprint, weights_fingerprint, zeroshot_head
+from arf.models.base import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +64,13 @@ def encode_set(bundle: Any, ds: Any, opts: EvalOptions) -> tuple[torch.Tensor, t
 
     dataset = ImageDataset.from_set(ds, transform=bundle.preprocess_val)
     loader = make_loader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=opts.num_workers)
-    model = bundle.model
-    was_training = model.training
-    model.eval()
     feats, labels = [], []
-    try:
+    with eval_mode(bundle.model) as model:
         for images, ys, _ in tqdm(loader, desc=f"eval {ds.name}", unit="batch", disable=not opts.progress,
                                   leave=False):
             f = model.encode_image(images.to(opts.device), normalize=True)
             feats.append(f.float().cpu())
             labels.append(ys)
-    finally:
-        model.train(was_training)
     if not feats:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels)

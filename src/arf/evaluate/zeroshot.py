@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from arf.config import config_hash
 from arf.errors import InputFileError
 from arf.io import atomic_path, read_json
+from arf.models.base import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +104,11 @@ def _compute_head(bundle: Any, classnames: Sequence[str], templates: Sequence[st
         # rebuilt at every WiSE-FT alpha of a model whose text tower was trained, so this is most of a sweep's time.
         def tokenizer(texts: Any) -> torch.Tensor:
             return trim_padding(bundle.tokenizer(texts), pad)
-    was_training = bundle.model.training
-    bundle.model.eval()
-    try:
+    with eval_mode(bundle.model):
         # [D, C]: per-template normalised embeddings, averaged over templates, renormalised.
         weights = build_zero_shot_classifier(
             bundle.model, tokenizer, list(classnames), fill, num_classes_per_batch=10, device=device
         )
-    finally:
-        bundle.model.train(was_training)
     return weights.T.contiguous().float().cpu()
 
 

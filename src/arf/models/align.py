@@ -21,8 +21,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +33,7 @@ from arf.config import check, config_hash
 from arf.errors import ArfError, InputFileError
 from arf.images import BadImage, BadInputCounter, open_image
 from arf.io import atomic_path, read_json, sha256_file, write_json
-from arf.models.base import ClipBundle
+from arf.models.base import ClipBundle, eval_mode
 from arf.models.provisional import CorpusPair
 from arf.paths import data_dir, models_dir
 
@@ -208,17 +207,6 @@ def split_holdout(pairs: Sequence[CorpusPair], fraction: float, seed: int) -> tu
 
 # ----------------------------------------------------------------------------------------------------------------
 # frozen parts: early trunk and text layers
-
-
-@contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """``module`` in eval mode inside the block, its own mode restored after it, also when the block raises."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 def early_trunk(trunk: torch.nn.Module, x: torch.Tensor, stage: int) -> torch.Tensor:

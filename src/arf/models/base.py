@@ -9,7 +9,8 @@ original model id.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,6 +18,18 @@ from torch import nn
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 Transform = Callable[[Any], torch.Tensor]
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block (batch norm on its running statistics, no dropout), its own mode
+    restored after it, also when the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @dataclasses.dataclass
@@ -39,11 +52,8 @@ class ClipBundle:
         """Width of the joint embedding space."""
         with torch.no_grad():
             tokens = self.tokenizer(["a"]).to(self.device)
-            was_training = self.model.training
-            self.model.eval()
-            dim = int(self.model.encode_text(tokens).shape[-1])
-            self.model.train(was_training)
-        return dim
+            with eval_mode(self.model):
+                return int(self.model.encode_text(tokens).shape[-1])
 
     def to(self, device: str | torch.device) -> ClipBundle:
         self.model.to(device)

@@ -24,6 +24,7 @@ from torch import nn
 from arf.config import config_hash, save_config
 from arf.errors import ArfError, ConfigError
 from arf.io import atomic_path, ensure_dir, read_json, write_json
+from arf.models.base import eval_mode
 from arf.train import checkpoint as ckpt
 from arf.train import distributed as D
 from arf.train.config import TrainConfig, check_against_data
@@ -174,16 +175,13 @@ def encode_set(method: Method, device: torch.device, batch_size: int = 128) -> t
     """Image features of the whole finetuning set (eval transform), for a frozen image tower."""
     import arf.data
 
-    model = method.bundle.model
-    was = model.training
-    model.eval()
     ds = arf.data.ImageDataset.from_set(method.ds, method.bundle.preprocess_val)
     out: list[torch.Tensor] = []
     idx: list[torch.Tensor] = []
-    for x, _, i in arf.data.make_loader(ds, batch_size=batch_size):
-        out.append(model.encode_image(x.to(device)).float().cpu())
-        idx.append(i)
-    model.train(was)
+    with eval_mode(method.bundle.model) as model:
+        for x, _, i in arf.data.make_loader(ds, batch_size=batch_size):
+            out.append(model.encode_image(x.to(device)).float().cpu())
+            idx.append(i)
     f = torch.cat(out)
     feats = torch.full((len(ds), f.shape[1]), float("nan"))
     feats[torch.cat(idx)] = f

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arf.data import LabeledSet
+from arf.models.base import eval_mode
 from arf.models.text import length_groups, text_pad_id
 from arf.models.trunk import TrunkSplit, encode_prefix, find_split
 from arf.registry import Registry
@@ -165,12 +166,10 @@ class Method:
 
         model = self.bundle.model
         fill = [lambda c, t=t: t.replace("{c}", "{}").format(c) for t in self.ds.templates]
-        was = model.training
-        model.eval()
         dev = next(model.parameters()).device
-        emb = build_zero_shot_classifier(model, self.bundle.tokenizer, self.ds.classnames, fill,
-                                         num_classes_per_batch=10, device=dev, use_tqdm=False)
-        model.train(was)
+        with eval_mode(model):
+            emb = build_zero_shot_classifier(model, self.bundle.tokenizer, self.ds.classnames, fill,
+                                             num_classes_per_batch=10, device=dev, use_tqdm=False)
         head = nn.Linear(emb.shape[0], emb.shape[1])
         with torch.no_grad():
             head.weight.copy_(emb.T.float() * model.logit_scale.exp().float())
