@@ -36,3 +36,13 @@ def test_seed_deltas_names_a_method_with_no_records(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["seed_deltas.py", str(path), "--method", "arf"])
     with pytest.raises(SystemExit, match="no records of arf"):
         runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_seed_deltas_matches_an_alpha_written_from_a_float_range(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "records.jsonl"
+    alpha = 0.1 * 3  # 0.30000000000000004, as `--alphas 0:1:0.1` writes it
+    append_records(path, _records("arf", 0, 90.0, (30.0, 20.0), 40.0, alpha)
+                   + _records("ft", 0, 91.0, (20.0, 20.0), 35.0, alpha))
+    monkeypatch.setattr(sys, "argv", ["seed_deltas.py", str(path), "--method", "arf@0.3", "--peers", "ft@0.3"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert capsys.readouterr().out.strip().splitlines()[2] == "| 0 | 90.0 / 25.0 / 40.0 | -1.0 / +5.0 / +5.0 |"

@@ -385,15 +385,13 @@ def plan(cfg: BuildConfig) -> Plan:
                 rel = job(f"images/alignment/{key}-flags/{code}.png", "bytes", pngs[cp], "plain")
                 tmpl = FLAG_TEMPLATES[int(_rng(seed, "flag", key, code).integers(len(FLAG_TEMPLATES)))]
                 align.append(Row(rel, family=fam, classname=countries[code], text=tmpl.format(countries[code])))
-        if cfg.align_flag_designs:
-            # The web shows a country's flag in many designs; two emoji flags per country left the base at ~16 %
-            # on zs-flags (docs/DATA.md §4). Neither design is flag-icons (the test family).
-            for key in ("circle-flags", "flagpack"):
-                iset = flag_sets[key]
-                if code not in iset.icons:
-                    continue
+        # The web shows a country's flag in many designs; two emoji flags per country left the base at ~16 % on
+        # zs-flags (docs/DATA.md §4). Neither design is flag-icons (the test family).
+        for key, iset in flag_sets.items():
+            if code in iset.icons:
+                svg = iset.svg(code, size)
                 for k in range(1 + cfg.align_extra_per_class):
-                    rel = job(f"images/alignment/{key}/{code}_{k}.png", "svg", iset.svg(code, size), "jitter")
+                    rel = job(f"images/alignment/{key}/{code}_{k}.png", "svg", svg, "jitter")
                     tmpl = FLAG_TEMPLATES[int(_rng(seed, "flag", key, code, k).integers(len(FLAG_TEMPLATES)))]
                     align.append(Row(rel, family=key, classname=countries[code], text=tmpl.format(countries[code])))
     fonts = sorted(
