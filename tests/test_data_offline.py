@@ -88,6 +88,31 @@ def test_tiny_build_layout_roles_and_counts(tiny):
 
 
 @needs_sources
+def test_shift_photo_is_scored_over_the_train_classes_it_holds(tiny):
+    # ImageNet-R / -A's convention: a shift set holding some of the train classes is scored over those only.
+    from arf.evaluate.runner import label_groups
+    from arf.evaluate.zeroshot import Head
+
+    spec = read_json(tiny / "manifest.json")["sets"]["shift-photo"]
+    train = read_json(tiny / "classnames" / "train.json")
+    own = read_json(tiny / "classnames" / "shift-photo.json")
+    mask = spec["class_mask"]
+    assert spec["classnames"] == "classnames/shift-photo.json" and spec["n_classes"] == len(own) == len(mask)
+    assert own and mask == sorted(mask) and [train[c] for c in mask] == own
+    rows = pq.read_table(tiny / "shift-photo.parquet").to_pydict()
+    assert [own[y] for y in rows["label"]] == rows["classname"] and set(rows["label"]) == set(range(len(own)))
+    ds = next(s for s in get_suite("offline", root=tiny).sets if s.name == "shift-photo")
+    assert ds.class_mask == mask and ds.classnames == own
+    # A 300-way-style head over the train classes: each set class reads its own train column.
+    logits = np.arange(len(train), dtype=np.float32)[None].repeat(2, 0)
+    assert ds.to_set_logits(logits)[0].tolist() == [float(c) for c in mask]
+    import torch
+
+    head = Head(torch.zeros(len(train), 4), torch.zeros(len(train)), list(train), "trained", "offline-train")
+    assert label_groups(ds, head) == (True, [[c] for c in mask])
+
+
+@needs_sources
 def test_tiny_build_is_leak_free_and_concepts_are_in_alignment(tiny):
     assert find_leaks(tiny) == []
     texts = " | ".join(pq.read_table(tiny / "alignment.parquet", columns=["text"]).column("text").to_pylist())

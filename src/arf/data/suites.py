@@ -66,6 +66,7 @@ def load_offline_set(root: Path, name: str, spec: dict) -> LabeledSet:
         labels=[int(x) for x in table["label"]],
         root=str(root),
         reference=spec.get("reference"),
+        class_mask=spec.get("class_mask"),
         info={"families": spec.get("families", []), "suite": "offline"},
     )
 

@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 
 VERSION = "v1"
 # Bumped when the planner's output changes for the same config (a build of an older revision is rebuilt):
-# 2 = Animal-MNIST class names corrected (bird/sheep, not lion/monkey).
-BUILD_REVISION = 2
+# 2 = Animal-MNIST class names corrected (bird/sheep, not lion/monkey); 3 = shift-photo scored over the classes it
+# holds (a class mask into the train label space, as ImageNet-R / -A), no longer over all 300.
+BUILD_REVISION = 3
 CLASS_CATEGORIES = ("Animals & Nature", "Food & Drink", "Objects", "Travel & Places", "Activities")
 # Clock faces and map pictograms have names that no picture disambiguates ("eleven thirty").
 EXCLUDED_SUBCATEGORIES = ("time", "place-map", "award-medal", "lock", "sound", "light & video")
@@ -232,6 +233,20 @@ def shift_set(rows: list[Row], templates: list[str]) -> dict[str, Any]:
     return {"role": "shift", "classnames": "train", "templates": templates, "rows": rows, "reference": "offline-train"}
 
 
+def masked_shift_set(name: str, rows: list[Row], train_names: list[str], templates: list[str]) -> dict[str, Any]:
+    """A domain-shift set that holds only some finetuning classes, scored over those (ImageNet-R / -A's convention).
+
+    Why: a 300-way argmax would let classes the set never shows take its predictions, which measures the label
+    space's size as much as robustness. Labels index the set's own class list (train order); ``class_mask`` holds
+    each one's column in the train label space, so a trained 300-way head is sliced to the same classes.
+    """
+    mask = sorted({r.label for r in rows})
+    pos = {c: i for i, c in enumerate(mask)}
+    own = [Row(r.rel, pos[r.label], r.classname, r.family, r.text) for r in rows]
+    return {"role": "shift", "classnames": name, "class_list": [train_names[c] for c in mask], "class_mask": mask,
+            "templates": templates, "rows": own, "reference": "offline-train"}
+
+
 def plan(cfg: BuildConfig) -> Plan:
     root = Path(cfg.npm_root) if cfg.npm_root else None
     size, seed = cfg.image_size, cfg.seed
@@ -286,7 +301,7 @@ def plan(cfg: BuildConfig) -> Plan:
         rel = f"images/shift-photo/tuxpaint/{stamp_slug(s.rel)}.png"
         job(rel, "bytes", (tux / s.rel).read_bytes(), "plain")
         rows.append(Row(rel, train_names.index(name), name, "tuxpaint-photo", text=s.caption))
-    p.sets["shift-photo"] = shift_set(rows, PHOTO_TEMPLATES)
+    p.sets["shift-photo"] = masked_shift_set("shift-photo", rows, train_names, PHOTO_TEMPLATES)
 
     # --- zero-shot: held-out emoji, flags, MNIST family ---------------------------------------------------
     rows = []
@@ -538,6 +553,7 @@ def build(cfg: BuildConfig, force: bool = False) -> Path:
             "templates": spec["templates"],
             "families": sorted({r.family for r in spec["rows"]}),
             "reference": spec.get("reference"),
+            "class_mask": spec.get("class_mask"),
             "count": len(spec["rows"]),
             "n_classes": len(classnames.get(cn_key, [])) or None,
             "sha256": files[rel],
