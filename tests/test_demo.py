@@ -104,3 +104,11 @@ def test_suite_spec_names_a_data_root_and_parses_back(tmp_path: Path) -> None:
     for bad in ("suite:offline", "suite:/train", "suite:offline/train@"):
         with pytest.raises(ConfigError, match="suite:<suite>/<set>"):
             parse_suite_spec(bad)
+
+
+def test_stage_timer_splits_set_up_from_the_protocol() -> None:
+    # The laptop budget is read off the protocol part: rendering data and aligning the base happen once per machine.
+    from arf.demo import StageTimer
+
+    timer = StageTimer({"data": 60.0, "base": 300.0, "zeroshot": 30.0, "train": 240.0, "wise": 150.0})
+    assert timer.summary() == "13.0 min: set-up (data + base) 6.0 min, protocol 7.0 min"
