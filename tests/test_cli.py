@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import subprocess
 import sys
 
@@ -90,3 +91,23 @@ def test_real_config_error_from_a_stage(capsys: pytest.CaptureFixture[str], tmp_
     assert rc == 2 and len(err) == 1 and err[0].startswith("arf: error:"), err
     assert "method" in err[0] and "nonsense" in err[0] and "flyp" in err[0] and "zeroshot" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+
+def test_third_party_info_logs_are_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
+    # faiss's loader says at INFO that its AVX2 build "could not load" (ModuleNotFoundError) before it falls back
+    # to the generic build: not an error, so hidden; with -v it shows, like every debug line.
+    real_build = arf.cli.build_parser
+
+    def build_with_noop() -> argparse.ArgumentParser:
+        parser = real_build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.add_parser("noop").set_defaults(func=lambda args: 0)
+        return parser
+
+    monkeypatch.setattr(arf.cli, "build_parser", build_with_noop)
+    monkeypatch.setattr(logging.getLogger("faiss"), "level", logging.NOTSET)  # restored after the test
+    assert arf.cli.main(["noop"]) == 0
+    assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+    assert arf.cli.main(["-v", "noop"]) == 0
+    assert logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)

@@ -17,6 +17,10 @@ from arf.errors import ArfError
 COMMAND_MODULES = ("base", "data", "evaluate", "anchors", "train", "report", "demo")
 
 
+# Libraries whose INFO messages are noise in a stage's log (see main).
+QUIET_LOGGERS = ("faiss",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arf", description="Anchor-based robust finetuning (ARF) of CLIP-like models, with peer baselines."
@@ -37,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # faiss's loader logs at INFO that its AVX2 build "could not load … ModuleNotFoundError" before it falls back to
+    # the generic build, which works: read as an error by users, so third-party INFO lines show only with -v.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except ArfError as e:
