@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The protocol behind docs/RESULTS.md §1: every method of configs/offline/ on the offline benchmark, several
-# seeds, every image of every set evaluated, one report with mean ± std. Runs after `./run demo` (it reuses the
-# demo's caption and retrieved-anchor files, which are what configs/offline/arf.yaml's λ were chosen with).
+# seeds, every image of every set evaluated, WiSE-FT of ft / flyp / arf, one report with mean ± std. Runs after
+# `./run demo` (it reuses the demo's caption and retrieved-anchor files, which are what configs/offline/arf.yaml's
+# λ were chosen with).
 #
 #   scripts/offline_results.sh [OUT=runs/offline-results] [SEEDS="0 1 2"]
+#   ALPHAS=0.25,0.5,0.75 (default; "" skips WiSE-FT)  NPROC=2  DEMO=runs/demo
 #
 # ft / flyp / arf train under `torchrun --nproc_per_node $NPROC` (default 2: global batch 64 = 2 × 32);
 # zeroshot, lp and lpft in one process. A run whose final/ exists is not trained again (delete it to redo);
@@ -15,6 +17,7 @@ export PATH="$ARF_HOME/venv/bin:$PATH" HF_HUB_OFFLINE=1
 out="${1:-runs/offline-results}"
 seeds="${2:-0 1 2}"
 nproc="${NPROC:-2}"
+alphas="${ALPHAS-0.25,0.5,0.75}"  # α 0 and 1 are the zero-shot and finetuned rows, evaluated anyway
 demo="${DEMO:-$repo/runs/demo}"
 cd "$repo"
 caps="$demo/anchors/captions/captions.parquet"
@@ -44,5 +47,15 @@ for seed in $seeds; do
     train "$method" "$seed" torchrun --nproc_per_node "$nproc"
   done
 done
+# WiSE-FT after all training, so a killed run resumes training first; finished α are kept and recorded sets skipped.
+if [ -n "$alphas" ]; then
+  for seed in $seeds; do
+    for method in ft flyp arf; do
+      echo "[results] wise $method-s$seed α $alphas ($(date +%T))" >&2
+      /usr/bin/time -f "[results] wise $method-s$seed: %e s wall" python -m arf.cli wise --zeroshot arf:mini-clip \
+        --finetuned "$out/$method-s$seed/final" --alphas "$alphas" --eval offline --records "$records" >/dev/null
+    done
+  done
+fi
 python -m arf.cli report "$records" --out "$out/report"
 echo "[results] report: $out/report/results.md" >&2
