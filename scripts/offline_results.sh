@@ -57,5 +57,5 @@ if [ -n "$alphas" ]; then
     done
   done
 fi
-python -m arf.cli report "$records" --out "$out/report"
+python -m arf.cli report "$records" --out "$out/report" ${alphas:+--wise-alpha "$alphas"}
 echo "[results] report: $out/report/results.md" >&2

@@ -8,6 +8,7 @@ import statistics
 import pytest
 from PIL import Image
 
+from arf.cli import main
 from arf.errors import InputFileError
 from arf.evaluate import Record, append_records
 from arf.report import build_report, collect_records
@@ -46,7 +47,7 @@ def synthetic() -> list[Record]:
 
 
 def test_table_content():
-    table = build_table(synthetic(), wise_alpha=0.5)
+    table = build_table(synthetic(), wise_alphas=[0.5])
     labels = [r.label for r in table.rows]
     assert labels == ["zeroshot", "ft", "flyp", "arf", "ft + WiSE-FT (α=0.5)", "flyp + WiSE-FT (α=0.5)",
                       "arf + WiSE-FT (α=0.5)"]
@@ -70,6 +71,25 @@ def test_table_content():
     zs_line = next(line for line in md.splitlines() if line.startswith("| zeroshot |"))
     assert "±" not in zs_line
 
+
+
+def test_several_wise_alphas_give_a_block_of_rows_per_alpha(tmp_path, capsys):
+    # `arf report --wise-alpha 0.25,0.5,0.75`: every method at each α, blocks in α order; α 0 and 1 add no rows
+    # (they are the zeroshot row and each method's own).
+    table = build_table(synthetic(), wise_alphas=[0.0, 0.25, 0.75, 1.0])
+    wise = [(r.method, r.alpha) for r in table.rows if r.alpha not in (None, 0.0, 1.0)]
+    assert wise == [(m, a) for a in (0.25, 0.75) for m in METHODS]
+    row = next(r for r in table.rows if r.label == "flyp + WiSE-FT (α=0.25)")
+    assert row.cells["ID"].mean == pytest.approx(statistics.mean(value("flyp", 0.25, "idset", s) for s in SEEDS))
+    assert [r.label for r in build_table(synthetic(), wise_alphas=[]).rows] == ["zeroshot", *METHODS]
+    path = tmp_path / "records.jsonl"
+    append_records(path, synthetic())
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--wise-alpha", "0:1:0.25"]) == 0
+    md = (tmp_path / "r" / "results.md").read_text()
+    assert all(f"{m} + WiSE-FT (α={a:g})" in md for m in METHODS for a in (0.25, 0.5, 0.75))
+    capsys.readouterr()
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--wise-alpha", "0.5,2"]) == 2
+    assert capsys.readouterr().err == "arf: error: --wise-alpha: 2.0 is outside [0, 1]\n"
 
 def test_curves_follow_alpha_order():
     pts = curve_points(synthetic(), x="ID", y="OOD avg")

@@ -13,17 +13,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="records JSONL files or run folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--metric", default="top1", choices=("top1", "top5"), help="metric to tabulate (default: top1)")
-    p.add_argument("--wise-alpha", type=float, default=0.5,
-                   help="alpha of the WiSE-FT rows in the table (default: 0.5)")
+    p.add_argument("--wise-alpha", "--wise-alphas", dest="wise_alpha", default="0.5", metavar="ALPHAS",
+                   help="alpha(s) of the WiSE-FT rows in the table: 0.5, a list 0.25,0.5,0.75 or a range 0:1:0.25 "
+                        "(α 0 and 1 are the zeroshot and finetuned rows; default: 0.5)")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from arf.config import check
+    from arf.evaluate.wise import parse_alphas
     from arf.report import build_report, collect_records
 
-    check(0.0 <= args.wise_alpha <= 1.0, "--wise-alpha", f"must be in [0, 1], got {args.wise_alpha}")
-    result = build_report(collect_records(args.inputs), args.out, metric=args.metric, wise_alpha=args.wise_alpha)
+    alphas = parse_alphas(args.wise_alpha, field="--wise-alpha")
+    result = build_report(collect_records(args.inputs), args.out, metric=args.metric, wise_alphas=alphas)
     print(result.markdown_path.read_text())
     print(f"wrote {result.markdown_path}, {result.csv_path}")
     for name, path in result.plots.items():

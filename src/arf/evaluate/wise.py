@@ -83,26 +83,28 @@ def interpolate_heads(head0: Head, head1: Head, alpha: float) -> Head:
                 templates=list(head1.templates))
 
 
-def parse_alphas(spec: str) -> list[float]:
-    """``"0:1:0.1"`` (start:stop:step, stop included), ``"0,0.5,1"`` or ``"0.5"`` → sorted unique alphas in [0, 1]."""
+def parse_alphas(spec: str, field: str = "--alphas") -> list[float]:
+    """``"0:1:0.1"`` (start:stop:step, stop included), ``"0,0.5,1"`` or ``"0.5"`` → sorted unique alphas in [0, 1].
+
+    Errors name ``field``, the option the spec came from."""
     spec = str(spec).strip()
     try:
         if ":" in spec:
             parts = [float(p) for p in spec.split(":")]
-            check(len(parts) == 3, "--alphas", f"{spec!r}: a range is start:stop:step, e.g. 0:1:0.1")
+            check(len(parts) == 3, field, f"{spec!r}: a range is start:stop:step, e.g. 0:1:0.1")
             start, stop, step = parts
-            check(step > 0, "--alphas", f"{spec!r}: the step must be > 0")
-            check(stop >= start, "--alphas", f"{spec!r}: stop must be >= start")
+            check(step > 0, field, f"{spec!r}: the step must be > 0")
+            check(stop >= start, field, f"{spec!r}: stop must be >= start")
             # Counting steps instead of adding floats keeps 0:1:0.1 at exactly 11 values ending at 1.0.
             count = math.floor((stop - start) / step + 1e-9) + 1
             values = [round(start + i * step, 10) for i in range(count)]
         else:
             values = [float(p) for p in spec.split(",") if p.strip()]
     except ValueError:
-        raise ConfigError(f"--alphas: {spec!r} is not a list (0,0.5,1) or range (0:1:0.1) of numbers") from None
-    check(bool(values), "--alphas", "no alpha given")
+        raise ConfigError(f"{field}: {spec!r} is not a list (0,0.5,1) or range (0:1:0.1) of numbers") from None
+    check(bool(values), field, "no alpha given")
     bad = [a for a in values if not 0.0 <= a <= 1.0 or math.isnan(a)]
-    check(not bad, "--alphas", f"{bad[0] if bad else ''} is outside [0, 1]")
+    check(not bad, field, f"{bad[0] if bad else ''} is outside [0, 1]")
     return sorted(set(values))
 
 

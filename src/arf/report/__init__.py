@@ -64,12 +64,12 @@ PLOTS = {
 
 
 def build_report(
-    records: Sequence[Record], out_dir: str | Path, metric: str = "top1", wise_alpha: float | None = 0.5
+    records: Sequence[Record], out_dir: str | Path, metric: str = "top1", wise_alphas: Sequence[float] = (0.5,)
 ) -> ReportResult:
     """Write ``results.md``, ``results.csv``, ``summary.json`` and the curve PNGs into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = build_table(records, metric=metric, wise_alpha=wise_alpha)
+    table = build_table(records, metric=metric, wise_alphas=wise_alphas)
     md = out / "results.md"
     with atomic_open(md) as f:
         f.write(to_markdown(table))

@@ -1,7 +1,8 @@
 """Result tables from evaluation records: methods × sets plus ID / OOD avg / zero-shot avg, mean ± std over seeds.
 
 Rows: each method at its own weights (records with ``alpha`` None, else its α = 1 sweep point), a ``zeroshot``
-row (from α = 0 when no zero-shot evaluation was recorded), and each method's WiSE-FT point at ``wise_alpha``.
+row (from α = 0 when no zero-shot evaluation was recorded), and each method's WiSE-FT points at ``wise_alphas``
+(one block of rows per α, so methods are compared at the same α).
 Replicates are the distinct (seed, model) pairs of a row; averages are computed per replicate from the records'
 roles, then their mean and sample std are reported.
 """
@@ -103,7 +104,7 @@ def endpoint_records(records: Sequence[Record], method: str) -> tuple[float | No
     return 1.0, [r for r in mine if same_alpha(r.alpha, 1.0)]
 
 
-def build_table(records: Sequence[Record], metric: str = "top1", wise_alpha: float | None = 0.5) -> Table:
+def build_table(records: Sequence[Record], metric: str = "top1", wise_alphas: Sequence[float] = (0.5,)) -> Table:
     records = dedupe(records)
     columns, roles = set_columns(records)
     methods = list(dict.fromkeys(r.method for r in records))
@@ -121,11 +122,12 @@ def build_table(records: Sequence[Record], metric: str = "top1", wise_alpha: flo
         alpha, recs = endpoint_records(records, m)
         if recs:
             rows.append(Row(m, m, alpha, summarize(recs, metric)))
-    if wise_alpha is not None and 0.0 < wise_alpha < 1.0:
+    # α 0 and 1 are the zeroshot row and each method's own row above.
+    for a in (a for a in wise_alphas if 0.0 < a < 1.0):
         for m in methods:
-            recs = [r for r in records if r.method == m and same_alpha(r.alpha, wise_alpha)]
+            recs = [r for r in records if r.method == m and same_alpha(r.alpha, a)]
             if recs:
-                rows.append(Row(f"{m} + WiSE-FT (α={wise_alpha:g})", m, wise_alpha, summarize(recs, metric)))
+                rows.append(Row(f"{m} + WiSE-FT (α={a:g})", m, a, summarize(recs, metric)))
     rows = [r for r in rows if r.cells]
     avg_cols = [name for role, name in AVERAGES.items() if any(name in r.cells for r in rows)]
     roles.update({name: "avg" for name in avg_cols})
