@@ -63,19 +63,24 @@ def test_unknown_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_arf_error_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def _add_commands(monkeypatch: pytest.MonkeyPatch, **funcs: object) -> None:
+    """Make ``arf.cli.main`` parse with extra subcommands, each running its function (args) -> exit code."""
     real_build = arf.cli.build_parser
 
-    def build_with_failing_command() -> argparse.ArgumentParser:
+    def build() -> argparse.ArgumentParser:
         parser = real_build()
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        p = sub.add_parser("fail-config")
-        p.set_defaults(func=lambda args: (_ for _ in ()).throw(ConfigError("train.lr: -1.0 must be > 0")))
-        p = sub.add_parser("fail-bug")
-        p.set_defaults(func=lambda args: 1 / 0)
+        for name, func in funcs.items():
+            sub.add_parser(name.replace("_", "-")).set_defaults(func=func)
         return parser
 
-    monkeypatch.setattr(arf.cli, "build_parser", build_with_failing_command)
+    monkeypatch.setattr(arf.cli, "build_parser", build)
+
+
+def test_arf_error_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _add_commands(monkeypatch,
+                  fail_config=lambda args: (_ for _ in ()).throw(ConfigError("train.lr: -1.0 must be > 0")),
+                  fail_bug=lambda args: 1 / 0)
     assert arf.cli.main(["fail-config"]) == 2
     err = capsys.readouterr().err
     assert err == "arf: error: train.lr: -1.0 must be > 0\n", "one line, no traceback"
@@ -93,19 +98,10 @@ def test_real_config_error_from_a_stage(capsys: pytest.CaptureFixture[str], tmp_
     assert not (tmp_path / "runs").exists()
 
 
-
 def test_third_party_info_logs_are_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
     # faiss's loader says at INFO that its AVX2 build "could not load" (ModuleNotFoundError) before it falls back
     # to the generic build: not an error, so hidden; with -v it shows, like every debug line.
-    real_build = arf.cli.build_parser
-
-    def build_with_noop() -> argparse.ArgumentParser:
-        parser = real_build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        sub.add_parser("noop").set_defaults(func=lambda args: 0)
-        return parser
-
-    monkeypatch.setattr(arf.cli, "build_parser", build_with_noop)
+    _add_commands(monkeypatch, noop=lambda args: 0)
     monkeypatch.setattr(logging.getLogger("faiss"), "level", logging.NOTSET)  # restored after the test
     assert arf.cli.main(["noop"]) == 0
     assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
