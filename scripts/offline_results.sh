@@ -19,6 +19,7 @@ seeds="${2:-0 1 2}"
 nproc="${NPROC:-2}"
 alphas="${ALPHAS-0.25,0.5,0.75}"  # α 0 and 1 are the zero-shot and finetuned rows, evaluated anyway
 demo="${DEMO:-$repo/runs/demo}"
+tower_methods="ft flyp arf"  # trained under torchrun, then swept with WiSE-FT
 cd "$repo"
 caps="$demo/anchors/captions/captions.parquet"
 anchors="$demo/anchors/retrieved"
@@ -43,14 +44,14 @@ python -m arf.cli eval --model arf:mini-clip --suite offline --out "$records" >/
 for seed in $seeds; do
   train lp "$seed" python
   train lpft "$seed" python
-  for method in ft flyp arf; do
+  for method in $tower_methods; do
     train "$method" "$seed" torchrun --nproc_per_node "$nproc"
   done
 done
 # WiSE-FT after all training, so a killed run resumes training first; finished α are kept and recorded sets skipped.
 if [ -n "$alphas" ]; then
   for seed in $seeds; do
-    for method in ft flyp arf; do
+    for method in $tower_methods; do
       echo "[results] wise $method-s$seed α $alphas ($(date +%T))" >&2
       /usr/bin/time -f "[results] wise $method-s$seed: %e s wall" python -m arf.cli wise --zeroshot arf:mini-clip \
         --finetuned "$out/$method-s$seed/final" --alphas "$alphas" --eval offline --records "$records" >/dev/null
