@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from arf.cli import main
+from arf.config import load_config
 from arf.errors import ConfigError
 
 TINY = [
@@ -22,6 +24,7 @@ TINY = [
     "data.n_zeroshot_classes=5",
     "data.workers=1",
     "train_overrides=[max_steps=2,batch_size=8,anchor_batch_size=2,freeze_image_blocks=0,checkpoint_every=0,progress=false]",
+    "method_overrides={arf: [lambda_ret=0.5]}",
 ]
 
 
@@ -45,6 +48,9 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     assert (report / "wise_id_vs_zeroshot.png").stat().st_size > 1000
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert {r["method"] for r in records} == {"zeroshot", "ft", "flyp", "arf"}
+    trained = {m: yaml.safe_load((out / "train" / f"{m}-s0" / "config.yaml").read_text()) for m in ("ft", "arf")}
+    assert (trained["arf"]["lambda_ret"], trained["ft"]["lambda_ret"]) == (0.5, 0.0)
+    assert trained["arf"]["max_steps"] == trained["ft"]["max_steps"] == 2
     assert {r["alpha"] for r in records if r["method"] == "arf"} == {0.0, 1.0}
     assert {r["role"] for r in records} >= {"id", "shift", "zeroshot"}
     captions = out / "anchors" / "captions"
@@ -92,6 +98,40 @@ def test_demo_rejects_unknown_method(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown method config 'nope'; choose from .*flyp"):
         load_demo_config(overrides=["methods=[nope]", f"out={tmp_path}"])
     assert main(["demo", "--out", str(tmp_path), "--set", "methods=[nope]"]) == 2
+
+
+def test_small_protocol_keeps_arf_at_its_two_epoch_lambda(tmp_path: Path) -> None:
+    # configs/offline/arf.yaml holds the 8-epoch val choice (λ 0.3); the 2-epoch demo chose 0.1 on val and must
+    # train that, while ft / flyp (which refuse anchor weights) get only the shared overrides.
+    from arf.demo import load_demo_config, method_config, method_train_overrides
+    from arf.train.config import TrainConfig
+
+    # The demo points arf at the anchor files it made; stand-ins here, since the config checks they exist.
+    (tmp_path / "captions.parquet").touch()
+    (tmp_path / "anchors.parquet").touch()
+    (tmp_path / "anchors.json").touch()
+    files = [f"captions={tmp_path / 'captions.parquet'}", f"anchors={tmp_path}"]
+    small, full = load_demo_config(), load_demo_config(full=True)
+    arf_small = load_config(TrainConfig, method_config("arf"), [*files, *method_train_overrides(small, "arf")])
+    assert (arf_small.epochs, arf_small.lambda_cap, arf_small.lambda_ret) == (2, 0.1, 0.1)
+    arf_full = load_config(TrainConfig, method_config("arf"), [*files, *method_train_overrides(full, "arf")])
+    assert (arf_full.epochs, arf_full.lambda_cap, arf_full.lambda_ret) == (8, 0.3, 0.3)
+    for method in ("ft", "flyp"):
+        tcfg = load_config(TrainConfig, method_config(method), method_train_overrides(small, method))
+        assert (tcfg.epochs, tcfg.lambda_cap, tcfg.lambda_ret) == (2, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("method_overrides={afr: [lambda_cap=0.1]}", r"method_overrides\.afr: names a method this protocol does not run; "
+                                                 r"choose from ft, flyp, arf"),
+    ("method_overrides={arf: lambda_cap}", r"method_overrides\.arf: must be a list of key=value strings"),
+    ("method_overrides={arf: [lambda_cap]}", r"method_overrides\.arf: must be a list of key=value strings"),
+])
+def test_method_overrides_are_checked(tmp_path: Path, override: str, match: str) -> None:
+    from arf.demo import load_demo_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_demo_config(overrides=[override, f"out={tmp_path}"])
 
 
 def test_suite_spec_names_a_data_root_and_parses_back(tmp_path: Path) -> None:

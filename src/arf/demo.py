@@ -49,6 +49,10 @@ class DemoConfig:
     alphas: str = "0:1:0.25"           # WiSE-FT mixing coefficients (start:stop:step or a list)
     # Overrides applied to every training config (``key=value``, as on the ``arf train`` command line).
     train_overrides: list[str] = field(default_factory=list)
+    # Overrides for one method only, applied after ``train_overrides`` (``{arf: [lambda_cap=0.1]}``): a setting
+    # that only some methods accept (TrainConfig refuses anchor weights for ft / flyp) or a protocol whose
+    # shorter schedule chose other values on val than configs/offline/<method>.yaml.
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
     captioner: str = "retrieval"
     strategy: str = "text2image"
     k: int = 50                        # retrieved anchors per class
@@ -70,10 +74,21 @@ class DemoConfig:
             if not method_config(m).is_file():
                 known = sorted(p.stem for p in (CONFIG_DIR / "offline").glob("*.yaml"))
                 raise ConfigError(f"methods: unknown method config {m!r}; choose from {', '.join(known)}")
+        for m, extra in self.method_overrides.items():
+            # An override for a method the protocol does not run would be silently ignored: a typo ("afr").
+            check(m in self.methods, f"method_overrides.{m}",
+                  f"names a method this protocol does not run; choose from {', '.join(self.methods)}")
+            check(isinstance(extra, list) and all(isinstance(o, str) and "=" in o for o in extra),
+                  f"method_overrides.{m}", f"must be a list of key=value strings, got {extra!r}")
 
 
 def method_config(name: str) -> Path:
     return CONFIG_DIR / "offline" / f"{name}.yaml"
+
+
+def method_train_overrides(cfg: DemoConfig, method: str) -> list[str]:
+    """The protocol's overrides of ``configs/offline/<method>.yaml``: every method's, then this method's own."""
+    return [*cfg.train_overrides, *cfg.method_overrides.get(method, [])]
 
 
 def protocol_config(full: bool) -> Path:
@@ -194,7 +209,8 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
                              f"model={cfg.model}", f"captions={cap.path}", f"anchors={anchors.path}",
                              # Only a non-default data root is named: data_root is part of the training hash, and
                              # None already means the default location that build() used.
-                             *([f"data_root={data_root}"] if cfg.data.out else []), *cfg.train_overrides]
+                             *([f"data_root={data_root}"] if cfg.data.out else []),
+                             *method_train_overrides(cfg, method)]
                 tcfg = load_config(TrainConfig, method_config(method), overrides)
                 final = tcfg.run_dir / "final"
                 if _final_matches(final, train_hash(tcfg)):
