@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from arf.data import get_suite, read_pairs
 from arf.data.offline import BuildConfig, build, find_leaks, is_built
 from arf.data.offline.build import match_caption
 from arf.data.offline.sources import NPM
+from arf.errors import InputFileError
 from arf.io import read_json, sha256_file
 from arf.paths import npm_dir
 
@@ -203,6 +205,37 @@ def test_offline_suite_and_pairs_read_the_build(tiny, capsys):
     assert main(["data", "info", "--root", str(tiny)]) == 0
     out = capsys.readouterr().out
     assert "shift-lineart" in out and "zeroshot" in out
+
+
+@needs_sources
+def test_zero_shot_val_asks_the_held_out_classes_on_alignment_images_only(tiny, tmp_path):
+    suite = get_suite("offline-val", root=tiny)
+    assert [(s.name, s.role) for s in suite.sets] == [
+        ("val", "val"), ("val-zs-emoji", "val-zeroshot"), ("val-zs-flags", "val-zeroshot")]
+    test = get_suite("offline", root=tiny)
+    align = {r["path"]: r for r in pq.read_table(tiny / "alignment.parquet").to_pylist()}
+    test_paths = {p for s in test.sets for p in s.paths}
+    for val_set, test_name, families in (("val-zs-emoji", "zs-emoji", {"noto", "twemoji"}),
+                                         ("val-zs-flags", "zs-flags", {"circle-flags", "flagpack"})):
+        vs, ts = suite.get(val_set), test.get(test_name)
+        assert vs.classnames == ts.classnames and vs.templates == ts.templates
+        assert vs.paths and not set(vs.paths) & test_paths  # alignment images only, never a test image
+        assert {align[p]["family"] for p in vs.paths} == families
+        assert all(Path(p).is_file() for p in vs.abspaths())
+        for fam in families:  # each class asked once per design; a flag design may lack one country
+            labels = [lab for p, lab in zip(vs.paths, vs.labels, strict=True) if align[p]["family"] == fam]
+            assert len(labels) == len(set(labels)) >= len(ts.classnames) - (fam == "flagpack")
+    flags = suite.get("val-zs-flags")
+    for p, lab in zip(flags.paths, flags.labels, strict=True):  # the label is the country the base's caption named
+        assert align[p]["text"].rstrip(".").endswith(f" of {flags.classnames[lab]}"), (p, align[p]["text"])
+
+    # A benchmark without a zero-shot set the val split takes its classes from: one error naming it.
+    broken = _copy(tiny, tmp_path / "no-zs-emoji")
+    meta = read_json(broken / "manifest.json")
+    del meta["sets"]["zs-emoji"]
+    (broken / "manifest.json").write_text(json.dumps(meta))
+    with pytest.raises(InputFileError, match="no set 'zs-emoji', which val-zs-emoji takes its classes from"):
+        get_suite("offline-val", root=broken)
 
 
 def test_cli_rejects_bad_arguments_and_missing_benchmark(tmp_path, capsys):

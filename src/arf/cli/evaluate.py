@@ -9,8 +9,9 @@ from typing import Any
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="root of the suites' data (default: $ARF_DATA)")
-    p.add_argument("--roles", default="val,id,shift,zeroshot",
-                   help="comma-separated set roles to evaluate (default: val,id,shift,zeroshot)")
+    # The default is arf.data.formats.EVAL_ROLES, resolved in _options (importing arf.data here would load torch).
+    p.add_argument("--roles", default=None,
+                   help="comma-separated set roles to evaluate (default: every role but train)")
     p.add_argument("--method", default=None, help="method name for the records (default: from the checkpoint)")
     p.add_argument("--seed", type=int, default=None, help="seed for the records (default: from the checkpoint)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
@@ -50,8 +51,10 @@ def _options(args: argparse.Namespace) -> Any:
 
     check(args.batch_size > 0, "--batch-size", f"must be > 0, got {args.batch_size}")
     check(args.workers >= 0, "--workers", f"must be >= 0, got {args.workers}")
-    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     from arf.data import ROLES
+    from arf.data.formats import EVAL_ROLES
+
+    roles = EVAL_ROLES if args.roles is None else tuple(r.strip() for r in args.roles.split(",") if r.strip())
 
     bad = [r for r in roles if r not in ROLES]
     check(not bad and bool(roles), "--roles", f"unknown role {bad[0] if bad else ''!r}; choose from "
@@ -82,16 +85,17 @@ def format_records(records: list[Any]) -> str:
     for r in records:
         row = by_set.setdefault(r.set, {"role": r.role, "n": r.n, "head": r.head or "?"})
         row[r.metric] = r.value
-    width = max([len(s) for s in by_set] + [14])
-    lines = [f"{'set':<{width}}  {'role':<8}  {'n':>6}  {'top1':>6}  {'top5':>6}  head"]
+    width = max([len(s) for s in by_set] + [17])  # "zero-shot val avg"
+    rw = max([len(row["role"]) for row in by_set.values()] + [8])
+    lines = [f"{'set':<{width}}  {'role':<{rw}}  {'n':>6}  {'top1':>6}  {'top5':>6}  head"]
     for s, row in by_set.items():
         top5 = f"{row['top5']:6.2f}" if "top5" in row else f"{'-':>6}"
-        lines.append(f"{s:<{width}}  {row['role']:<8}  {row['n']:>6}  {row['top1']:6.2f}  {top5}  {row['head']}")
+        lines.append(f"{s:<{width}}  {row['role']:<{rw}}  {row['n']:>6}  {row['top1']:6.2f}  {top5}  {row['head']}")
     avgs = role_averages(records, "top1")
     if avgs:
         lines.append("-" * len(lines[0]))
         for name, v in avgs.items():
-            lines.append(f"{name:<{width}}  {'':<8}  {'':>6}  {v:6.2f}")
+            lines.append(f"{name:<{width}}  {'':<{rw}}  {'':>6}  {v:6.2f}")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arf.data.assets import list_assets, load_classnames, load_json_asset, load_templates
-from arf.data.formats import LabeledSet, Suite, read_class_folders, read_label_manifest
+from arf.data.formats import ROLES, LabeledSet, Suite, read_class_folders, read_label_manifest
 from arf.errors import ConfigError, InputFileError
 from arf.io import read_json
 from arf.paths import data_dir
@@ -80,9 +80,20 @@ def offline_suite(root: Path | None = None) -> Suite:
         raise InputFileError(f"offline benchmark not found at {root} (no manifest.json); run `arf data build` first")
     meta = read_json(manifest)
     sets = [load_offline_set(root, name, spec) for name, spec in meta["sets"].items()]
-    order = {r: i for i, r in enumerate(("train", "val", "id", "shift", "zeroshot"))}
-    sets.sort(key=lambda s: (order[s.role], s.name))
+    sets.sort(key=lambda s: (ROLES.index(s.role), s.name))
     return Suite("offline", sets, info={"root": str(root), "version": meta.get("version")})
+
+
+@SUITES.register("offline-val")
+def offline_val_suite(root: Path | None = None) -> Suite:
+    """The sets to choose hyperparameters on: ``val`` (ID) and the ``val-zeroshot`` sets (retention of the held-out
+    concepts, asked on the base's own alignment images; ``arf.data.offline.zeroshot_val``). No test set."""
+    from arf.data.offline.zeroshot_val import zeroshot_val_sets
+
+    full = offline_suite(root)
+    root = Path(full.info["root"])
+    sets = [s for s in full.sets if s.role == "val"] + zeroshot_val_sets(root, read_json(root / "manifest.json"))
+    return Suite("offline-val", sets, info=full.info)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,14 +19,14 @@ import torch
 from tqdm import tqdm
 
 from arf.config import config_hash
+from arf.data.formats import EVAL_ROLES
 from arf.evaluate.records import Record, append_records, read_records
 from arf.evaluate.zeroshot import Head, HeadCache, tensor_fingerprint, weights_fingerprint, zeroshot_head
 from arf.models.base import eval_mode
 
 log = logging.getLogger(__name__)
 
-# Sets of these roles are not evaluated unless asked: the finetuning set itself says little about robustness.
-DEFAULT_ROLES = ("val", "id", "shift", "zeroshot")
+DEFAULT_ROLES = EVAL_ROLES
 
 
 @dataclass

@@ -22,7 +22,7 @@ from arf.io import atomic_open
 
 log = logging.getLogger(__name__)
 
-ROLE_ORDER = ("val", "id", "shift", "zeroshot")
+ROLE_ORDER = ("val", "val-zeroshot", "id", "shift", "zeroshot")
 
 
 @dataclass
