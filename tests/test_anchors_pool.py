@@ -11,8 +11,10 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from arf.anchors.config import PoolConfig
 from arf.anchors.encode import encode_pils, encode_texts
@@ -131,8 +133,23 @@ def test_other_model_or_source_in_the_same_folder_is_refused(tmp_path: Path) -> 
     embed_pool(_cfg(src, tmp_path / "emb"), bundle)
     from arf.errors import ArfError
 
-    with pytest.raises(ArfError, match="holds embeddings of"):
+    with pytest.raises(ArfError, match="holds embeddings made with other dtype"):
         embed_pool(_cfg(src, tmp_path / "emb", dtype="float32"), bundle)
+    # Same path and model id, other content: a rebuilt pool, a retrained model. Resuming would keep every shard.
+    rows = pq.read_table(src).to_pylist()
+    pq.write_table(pa.Table.from_pylist(rows[:-1]), src)
+    with pytest.raises(ArfError, match="holds embeddings made with other source_digest"):
+        embed_pool(_cfg(src, tmp_path / "emb"), bundle)
+    other = tiny_bundle()
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1.0)
+    with pytest.raises(ArfError, match="other source_digest, weights"):
+        embed_pool(_cfg(src, tmp_path / "emb"), other)
+    # The demo's own folder is embedded again instead.
+    res = embed_pool(_cfg(src, tmp_path / "emb"), bundle, replace_stale=True)
+    assert res.complete and res.pairs == len(rows) - 1
+    _, _, meta = _read_all(tmp_path / "emb")
+    assert len(meta) == len(rows) - 1
 
 
 def test_cli_pool_embed_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

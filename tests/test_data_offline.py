@@ -154,6 +154,18 @@ def test_alignment_shows_every_zero_shot_country_in_other_flag_designs(tiny):
 
 
 @needs_sources
+def test_pool_shows_countries_in_its_own_emoji_design(tiny):
+    # The pool stands in for CC3M, which shows flags: OpenMoji's flag emoji (the pool's own family), never the
+    # alignment's designs nor flag-icons (the test's), so retrieved anchors can name a country.
+    rows = [r for r in pq.read_table(tiny / "pool.parquet").to_pylist() if "/openmoji-flags/" in r["path"]]
+    countries = read_json(tiny / "classnames" / "zs-flags.json")
+    assert rows and {r["family"] for r in rows} == {"openmoji"}
+    named = {c for c in countries for r in rows if r["text"].endswith(f" of {c}.")}
+    assert len(named) == len(rows) >= len(countries) - 1
+    assert find_leaks(tiny) == []
+
+
+@needs_sources
 def test_build_is_cached_and_deterministic(tiny, tmp_path):
     cfg = tiny_cfg(tiny)
     assert is_built(tiny, cfg)

@@ -194,7 +194,7 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
     with stage("pool"):
         emb = out / "anchors" / "pool-emb"
         embed_pool(PoolConfig(source=str(data_root / "pool.parquet"), out=str(emb), model=cfg.model,
-                              progress=True), bundle=bundle)
+                              progress=True), bundle=bundle, replace_stale=True)
         anchors = _index_and_retrieve(IndexConfig(emb=str(emb)), RetrieveConfig(
             emb=str(emb), images=_set_spec(train_set.name, data_root), model=cfg.model, strategy=cfg.strategy,
             k=cfg.k, exclude=[_set_spec(s.name, data_root) for s in eval_sets], out=str(out / "anchors" / "retrieved")),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import tarfile
 import threading
 import time
@@ -36,7 +37,7 @@ from arf.anchors.config import PoolConfig, parse_shard
 from arf.anchors.encode import single_thread
 from arf.errors import ArfError, InputFileError
 from arf.images import BadImage, BadInputCounter, open_image
-from arf.io import atomic_path, read_json, sha256_bytes, write_json, write_parquet
+from arf.io import atomic_path, read_json, sha256_bytes, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,24 @@ class EmbedResult:
     complete: bool                # every shard of the pool has its marker
 
 
-def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards: int | None = None) -> EmbedResult:
+def source_digest(source: str | Path) -> str:
+    """What a pool's pairs are, cheaply: a manifest file's sha256, or a shard folder's ``.tar`` names and sizes.
+
+    Image files a manifest points to are not hashed (a CC3M-sized pool would take longer to hash than to read).
+    """
+    p = Path(source).expanduser()
+    if p.is_file():
+        return sha256_file(p)
+    shards = sorted(p.glob("*.tar"))
+    return sha256_bytes("\n".join(f"{f.name}:{f.stat().st_size}" for f in shards).encode())
+
+
+def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards: int | None = None,
+               replace_stale: bool = False) -> EmbedResult:
     """Embed ``cfg.source`` into ``cfg.out``; resumable and splittable (see the module docstring).
+
+    ``cfg.out`` holding embeddings of another source, model (weights) or layout is an error, unless
+    ``replace_stale`` (the demo, whose folder is its own): then it is emptied and the pool embedded again.
 
     ``stop_after_shards`` makes the run raise after that many shards are written (tests of resumption).
     """
@@ -201,6 +218,7 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     from tqdm import tqdm
 
     from arf.anchors.encode import load_bundle
+    from arf.evaluate.zeroshot import weights_fingerprint
     from arf.models.text import text_pad_id, trim_padding
 
     cfg.validate()
@@ -209,13 +227,21 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     bundle = load_bundle(bundle if bundle is not None else cfg.model, cfg.device)
     model_id = str(getattr(bundle, "model_id", cfg.model))
     meta_path = out / "embed_config.json"
-    identity = {"source": str(Path(cfg.source).resolve()), "model": model_id, "shard_size": cfg.shard_size,
+    # Content, not only names: a rebuilt pool at the same path, or a rebuilt base under the same model id, would
+    # otherwise resume onto embeddings of other pairs or other weights (every shard "done").
+    identity = {"source": str(Path(cfg.source).resolve()), "source_digest": source_digest(cfg.source),
+                "model": model_id, "weights": weights_fingerprint(bundle.model), "shard_size": cfg.shard_size,
                 "dtype": cfg.dtype}
     if meta_path.is_file():
         old = read_json(meta_path)
         if old != identity:
-            raise ArfError(f"{out} holds embeddings of {old}, not {identity}; choose another --out or delete it")
-    else:
+            changed = sorted(k for k in identity.keys() | old.keys() if old.get(k) != identity.get(k))
+            if not replace_stale or world > 1:  # several ranks must not empty a folder the others write to
+                raise ArfError(f"{out} holds embeddings made with other {', '.join(changed)} ({old}, not "
+                               f"{identity}); choose another --out or delete it")
+            log.warning("%s holds embeddings made with other %s: embedding the pool again", out, ", ".join(changed))
+            shutil.rmtree(out)
+    if not meta_path.is_file():
         write_json(meta_path, identity)
 
     # Keep only the records of shards this process still has to embed: webdataset pools carry image bytes, and

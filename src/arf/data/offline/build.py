@@ -10,7 +10,7 @@ alignment      every base emoji, flags, typeset digits (+ texts)      noto (SVG,
                                                                       Twitter PNG), typeset-digits, symbola
                                                                       (black-and-white glyphs), circle-flags,
                                                                       flagpack
-pool           every base emoji, Tux Paint drawings (+ captions)      openmoji, tuxpaint-drawing
+pool           every base emoji, country flags, Tux Paint drawings   openmoji, tuxpaint-drawing
 train/val/id   train classes as stickers on coloured backgrounds      emojione
 shift-3d       train classes, 3D renders                              fluent (3D)
 shift-lineart  train classes, black-and-white line art                fluent (high contrast)
@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 VERSION = "v1"
 # Bumped when the planner's output changes for the same config (a build of an older revision is rebuilt):
 # 2 = Animal-MNIST class names corrected (bird/sheep, not lion/monkey); 3 = shift-photo scored over the classes it
-# holds (a class mask into the train label space, as ImageNet-R / -A), no longer over all 300.
-BUILD_REVISION = 3
+# holds (a class mask into the train label space, as ImageNet-R / -A), no longer over all 300; 4 = the pool holds
+# OpenMoji's country flags (the web had flag emoji in its two emoji families, the pool had none).
+BUILD_REVISION = 4
 CLASS_CATEGORIES = ("Animals & Nature", "Food & Drink", "Objects", "Travel & Places", "Activities")
 # Clock faces and map pictograms have names that no picture disambiguates ("eleven thirty").
 EXCLUDED_SUBCATEGORIES = ("time", "place-map", "award-medal", "lock", "sound", "light & video")
@@ -452,6 +453,14 @@ def plan(cfg: BuildConfig) -> Plan:
         e = table[cp]
         rel = iconify("openmoji", cp, f"images/pool/openmoji/{cp}.png", "jitter")
         pool.append(Row(rel, family="openmoji", classname=e.name, text=emoji_texts(e, _rng(seed, "pool", cp), 1)[0]))
+    # A web-sized pool (CC3M) shows flags; the alignment corpus holds the flag emoji of its two emoji families, so the
+    # pool holds OpenMoji's (revision 4). Without them no retrieved anchor could name a country, whatever k.
+    for code, cp in sorted(flag_cps.items()):
+        if code not in countries or cp not in sets["openmoji"].chars or (cfg.limit_emoji and code not in flag_codes):
+            continue
+        rel = iconify("openmoji", cp, f"images/pool/openmoji-flags/{code}.png", "jitter")
+        tmpl = FLAG_TEMPLATES[int(_rng(seed, "pool-flag", code).integers(len(FLAG_TEMPLATES)))]
+        pool.append(Row(rel, family="openmoji", classname=countries[code], text=tmpl.format(countries[code])))
     drawings = [s for s in src.tux_stamps(tux) if not s.photo]
     for s in drawings[: 8 if cfg.limit_emoji else None]:
         rel = f"images/pool/tuxpaint/{stamp_slug(s.rel)}.png"
