@@ -210,6 +210,10 @@ def test_offline_suite_and_pairs_read_the_build(tiny, capsys):
     assert [s.role for s in suite.sets][:3] == ["train", "val", "id"]
     shift = suite.get("shift-3d")
     assert shift.classnames == suite.get("train").classnames and shift.reference == "offline-train"
+    meta = read_json(tiny / "manifest.json")  # evaluation caches key on the set table's hash (its images' hashes)
+    assert shift.info["content_sha256"] == meta["sets"]["shift-3d"]["sha256"] == sha256_file(tiny / "shift-3d.parquet")
+    assert get_suite("offline-val", root=tiny).get("val-zs-flags").info["content_sha256"] == \
+        meta["pairs"]["alignment"]["sha256"]
     assert all(Path(p).is_file() for p in shift.abspaths())
     pairs = read_pairs(tiny / "alignment.parquet")
     assert pairs and Path(pairs[0].path).is_file()

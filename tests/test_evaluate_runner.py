@@ -155,6 +155,27 @@ def test_records_identify_weights_and_sets_and_skip_done(tmp_path):
     assert third[0].value == 75.0 and len(read_records(out)) == 4
 
 
+def test_a_set_with_a_content_hash_is_evaluated_again_when_its_images_change(tmp_path):
+    # Same paths and labels, other image bytes (a rebuilt benchmark): the offline sets carry their table's sha256,
+    # which the cache key includes; a set without one keeps the path-only key.
+    import dataclasses
+
+    from arf.evaluate import evaluate_to_file, read_records, set_fingerprint
+
+    bundle = OracleBundle(NAMES)
+    plain = make_set(tmp_path, "a", "id", [0, 1])
+    hashed = dataclasses.replace(plain, info={**plain.info, "content_sha256": "aa"})
+    rebuilt = dataclasses.replace(plain, info={**plain.info, "content_sha256": "bb"})
+    assert len({set_fingerprint(s) for s in (plain, hashed, rebuilt)}) == 3
+    assert set_fingerprint(dataclasses.replace(plain, info={**plain.info, "content_sha256": None})) == \
+        set_fingerprint(plain)
+    out = tmp_path / "r.jsonl"
+    first = evaluate_to_file(bundle, [hashed], None, out, opts=OPTS)
+    assert evaluate_to_file(bundle, [hashed], None, out, opts=OPTS) == first
+    assert evaluate_to_file(bundle, [rebuilt], None, out, opts=OPTS)[0].config_hash != first[0].config_hash
+    assert len(read_records(out)) == 2 * len(first)
+
+
 def test_same_weights_head_and_set_under_another_tag_are_reused_not_reevaluated(tmp_path, monkeypatch):
     import arf.evaluate.runner as runner
     from arf.evaluate import evaluate_to_file, read_records

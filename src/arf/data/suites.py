@@ -67,7 +67,8 @@ def load_offline_set(root: Path, name: str, spec: dict) -> LabeledSet:
         root=str(root),
         reference=spec.get("reference"),
         class_mask=spec.get("class_mask"),
-        info={"families": spec.get("families", []), "suite": "offline"},
+        # The set's table holds every image's sha256: evaluation caches key on it (set_fingerprint).
+        info={"families": spec.get("families", []), "suite": "offline", "content_sha256": spec.get("sha256")},
     )
 
 

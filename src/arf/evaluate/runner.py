@@ -126,12 +126,22 @@ def metrics_for(num_classes: int) -> dict[str, int]:
 
 
 def set_fingerprint(ds: Any) -> str:
-    """Everything about a set that changes its numbers: images, labels, label space, templates, mask, map."""
+    """Everything about a set that changes its numbers: images, labels, label space, templates, mask, map.
+
+    Images are named by path; where the set knows a hash of its content (``info["content_sha256"]``: the offline
+    benchmark's per-set table, which holds every image's sha256), that is included too, so a rebuilt benchmark
+    whose images changed under the same paths is evaluated again. Folder suites have no such hash (hashing an
+    ImageNet-sized folder per evaluation would cost more than the evaluation); their fingerprint is unchanged.
+    """
     label_map = getattr(ds, "label_map", None)
-    return config_hash(ds.name, ds.role, list(ds.classnames), list(ds.templates), list(ds.paths),
-                       [int(x) for x in ds.labels], getattr(ds, "class_mask", None),
-                       None if label_map is None else {str(k): v for k, v in sorted(label_map.items())},
-                       getattr(ds, "reference", None))
+    parts = [ds.name, ds.role, list(ds.classnames), list(ds.templates), list(ds.paths), [int(x) for x in ds.labels],
+             getattr(ds, "class_mask", None),
+             None if label_map is None else {str(k): v for k, v in sorted(label_map.items())},
+             getattr(ds, "reference", None)]
+    content = (getattr(ds, "info", None) or {}).get("content_sha256")
+    if content:
+        parts.append(content)
+    return config_hash(*parts)
 
 
 def evaluate(

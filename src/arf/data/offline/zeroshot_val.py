@@ -67,5 +67,6 @@ def zeroshot_val_sets(root: Path, meta: dict[str, Any]) -> list[LabeledSet]:
         out.append(LabeledSet(
             name=name, role=ROLE, classnames=classnames, templates=list(spec["templates"]), paths=paths,
             labels=labels, root=str(root),
-            info={"families": sorted(folders), "suite": "offline-val", "classes_of": test_set}))
+            info={"families": sorted(folders), "suite": "offline-val", "classes_of": test_set,
+                  "content_sha256": meta.get("pairs", {}).get("alignment", {}).get("sha256")}))
     return out
