@@ -72,17 +72,25 @@ def load_offline_set(root: Path, name: str, spec: dict) -> LabeledSet:
     )
 
 
-@SUITES.register("offline")
-def offline_suite(root: Path | None = None) -> Suite:
-    """The offline benchmark built by ``arf data build`` (train/val/id/shift/zeroshot sets)."""
+def _read_offline(root: Path | None) -> tuple[Path, dict]:
+    """The offline benchmark's root and manifest (read once per suite: it lists every file, ~2 MB)."""
     root = root or offline_root()
     manifest = root / "manifest.json"
     if not manifest.is_file():
         raise InputFileError(f"offline benchmark not found at {root} (no manifest.json); run `arf data build` first")
-    meta = read_json(manifest)
+    return root, read_json(manifest)
+
+
+def _offline_sets(root: Path, meta: dict) -> list[LabeledSet]:
     sets = [load_offline_set(root, name, spec) for name, spec in meta["sets"].items()]
-    sets.sort(key=lambda s: (ROLES.index(s.role), s.name))
-    return Suite("offline", sets, info={"root": str(root), "version": meta.get("version")})
+    return sorted(sets, key=lambda s: (ROLES.index(s.role), s.name))
+
+
+@SUITES.register("offline")
+def offline_suite(root: Path | None = None) -> Suite:
+    """The offline benchmark built by ``arf data build`` (train/val/id/shift/zeroshot sets)."""
+    root, meta = _read_offline(root)
+    return Suite("offline", _offline_sets(root, meta), info={"root": str(root), "version": meta.get("version")})
 
 
 @SUITES.register("offline-val")
@@ -91,10 +99,9 @@ def offline_val_suite(root: Path | None = None) -> Suite:
     concepts, asked on the base's own alignment images; ``arf.data.offline.zeroshot_val``). No test set."""
     from arf.data.offline.zeroshot_val import zeroshot_val_sets
 
-    full = offline_suite(root)
-    root = Path(full.info["root"])
-    sets = [s for s in full.sets if s.role == "val"] + zeroshot_val_sets(root, read_json(root / "manifest.json"))
-    return Suite("offline-val", sets, info=full.info)
+    root, meta = _read_offline(root)
+    sets = [s for s in _offline_sets(root, meta) if s.role == "val"] + zeroshot_val_sets(root, meta)
+    return Suite("offline-val", sets, info={"root": str(root), "version": meta.get("version")})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arf.data.formats import EVAL_ROLES
 from arf.evaluate.records import AVERAGES, Record, dedupe, mean_std, role_averages
 from arf.io import atomic_open
 
 log = logging.getLogger(__name__)
 
-ROLE_ORDER = ("val", "val-zeroshot", "id", "shift", "zeroshot")
+ROLE_ORDER = EVAL_ROLES  # display order of the set columns
 
 
 @dataclass

@@ -46,8 +46,7 @@ def zeroshot_val_sets(root: Path, meta: dict[str, Any]) -> list[LabeledSet]:
     """The ``val-zeroshot`` sets of a built benchmark (``meta`` is its manifest)."""
     import pyarrow.parquet as pq
 
-    align = pq.read_table(root / "alignment.parquet", columns=["path"]).column("path").to_pylist()
-    have = set(align)
+    have = set(pq.read_table(root / "alignment.parquet", columns=["path"]).column("path").to_pylist())
     out = []
     for name, (test_set, folders) in ZEROSHOT_VAL_SETS.items():
         if test_set not in meta["sets"]:
