@@ -100,9 +100,10 @@ def test_demo_rejects_unknown_method(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(tmp_path), "--set", "methods=[nope]"]) == 2
 
 
-def test_small_protocol_keeps_arf_at_its_two_epoch_lambda(tmp_path: Path) -> None:
-    # configs/offline/arf.yaml holds the 8-epoch val choice (λ 0.3); the 2-epoch demo chose 0.1 on val and must
-    # train that, while ft / flyp (which refuse anchor weights) get only the shared overrides.
+def test_small_protocol_keeps_its_own_two_epoch_schedule(tmp_path: Path) -> None:
+    # configs/offline holds the full protocol's val choices (16 epochs at lr 1e-4, arf λ 0.3); the 2-epoch demo
+    # chose lr 3e-4 and arf λ 0.1 on val and must train those, while ft / flyp (which refuse anchor weights) get
+    # only the shared overrides.
     from arf.demo import load_demo_config, method_config, method_train_overrides
     from arf.train.config import TrainConfig
 
@@ -113,12 +114,14 @@ def test_small_protocol_keeps_arf_at_its_two_epoch_lambda(tmp_path: Path) -> Non
     files = [f"captions={tmp_path / 'captions.parquet'}", f"anchors={tmp_path}"]
     small, full = load_demo_config(), load_demo_config(full=True)
     arf_small = load_config(TrainConfig, method_config("arf"), [*files, *method_train_overrides(small, "arf")])
-    assert (arf_small.epochs, arf_small.lambda_cap, arf_small.lambda_ret) == (2, 0.1, 0.1)
+    assert (arf_small.epochs, arf_small.lr, arf_small.lambda_cap, arf_small.lambda_ret) == (2, 3e-4, 0.1, 0.1)
     arf_full = load_config(TrainConfig, method_config("arf"), [*files, *method_train_overrides(full, "arf")])
-    assert (arf_full.epochs, arf_full.lambda_cap, arf_full.lambda_ret) == (8, 0.3, 0.3)
+    assert (arf_full.epochs, arf_full.lr, arf_full.lambda_cap, arf_full.lambda_ret) == (16, 1e-4, 0.3, 0.3)
     for method in ("ft", "flyp"):
         tcfg = load_config(TrainConfig, method_config(method), method_train_overrides(small, method))
-        assert (tcfg.epochs, tcfg.lambda_cap, tcfg.lambda_ret) == (2, 0.0, 0.0)
+        assert (tcfg.epochs, tcfg.lr, tcfg.lambda_cap, tcfg.lambda_ret) == (2, 3e-4, 0.0, 0.0)
+        tcfg = load_config(TrainConfig, method_config(method), method_train_overrides(full, method))
+        assert (tcfg.epochs, tcfg.lr) == (16, 1e-4)
 
 
 @pytest.mark.parametrize(("override", "match"), [
