@@ -91,6 +91,17 @@ def test_several_wise_alphas_give_a_block_of_rows_per_alpha(tmp_path, capsys):
     assert main(["report", str(path), "--out", str(tmp_path / "r"), "--wise-alpha", "0.5,2"]) == 2
     assert capsys.readouterr().err == "arf: error: --wise-alpha: 2.0 is outside [0, 1]\n"
 
+def test_methods_keep_one_order_whatever_was_recorded_first():
+    # Rows and plot colours follow METHOD_ORDER (lp, lpft, ft, flyp, arf, …); other names come after, as recorded.
+    recs = synthetic()
+    extra = [Record(r.model + "-v", name, r.alpha, r.set, r.role, r.metric, r.value, r.n, r.config_hash, r.seed)
+             for name in ("arf-lam0.1", "lpft") for r in recs if r.method == "arf"]
+    shuffled = extra + list(reversed(recs))
+    order = ["zeroshot", "lpft", "ft", "flyp", "arf", "arf-lam0.1"]
+    assert [r.label for r in build_table(shuffled, wise_alphas=[]).rows] == order
+    assert list(curve_points(shuffled)) == order
+
+
 def test_curves_follow_alpha_order():
     pts = curve_points(synthetic(), x="ID", y="OOD avg")
     assert set(pts) == {"ft", "flyp", "arf", "zeroshot"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from arf.evaluate.records import Record, dedupe
 from arf.io import atomic_path
-from arf.report.tables import summarize
+from arf.report.tables import order_methods, summarize
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class CurvePoint:
 def curve_points(
     records: Sequence[Record], x: str = "ID", y: str = "OOD avg", metric: str = "top1"
 ) -> dict[str, list[CurvePoint]]:
-    """Per method, its points (sorted by α; α None last) where both ``x`` and ``y`` averages exist."""
+    """Per method (in ``order_methods`` order, which fixes each method's colour), its points (sorted by α; α None
+    last) where both ``x`` and ``y`` averages exist."""
     by: dict[tuple[str, float | None], list[Record]] = defaultdict(list)
     for r in dedupe(records):
         by[(r.method, None if r.alpha is None else round(r.alpha, 6))].append(r)
@@ -43,7 +44,7 @@ def curve_points(
             out[method].append(CurvePoint(alpha, cells[x].mean, cells[y].mean))
     for pts in out.values():
         pts.sort(key=lambda p: (p.alpha is None, p.alpha or 0.0))
-    return dict(out)
+    return {m: out[m] for m in order_methods(out)}
 
 
 def sweep_line(pts: Sequence[CurvePoint], zero: CurvePoint | None) -> list[CurvePoint]:

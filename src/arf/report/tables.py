@@ -13,7 +13,7 @@ import csv
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,16 @@ from arf.io import atomic_open
 log = logging.getLogger(__name__)
 
 ROLE_ORDER = EVAL_ROLES  # display order of the set columns
+# Display order of the methods ARF ships (probes, then end-to-end finetuning, then ARF and its ablations); any
+# other name (a variant, a user's method) follows in the order it was recorded. Without a fixed order a report's
+# rows and its plots' colours depended on which run happened to be evaluated first.
+METHOD_ORDER = ("zeroshot", "lp", "lpft", "ft", "flyp", "arf", "arf-cap", "arf-ret")
+
+
+def order_methods(names: Iterable[str]) -> list[str]:
+    """``names`` without repeats: those in METHOD_ORDER in that order, then the rest as they came."""
+    unique = list(dict.fromkeys(names))
+    return [m for m in METHOD_ORDER if m in unique] + [m for m in unique if m not in METHOD_ORDER]
 
 
 @dataclass
@@ -108,9 +118,7 @@ def endpoint_records(records: Sequence[Record], method: str) -> tuple[float | No
 def build_table(records: Sequence[Record], metric: str = "top1", wise_alphas: Sequence[float] = (0.5,)) -> Table:
     records = dedupe(records)
     columns, roles = set_columns(records)
-    methods = list(dict.fromkeys(r.method for r in records))
-    # The zero-shot model first, then methods in the order they were recorded.
-    methods.sort(key=lambda m: m != "zeroshot")
+    methods = order_methods(r.method for r in records)
     rows: list[Row] = []
     if "zeroshot" not in methods:
         alpha0 = [r for r in records if same_alpha(r.alpha, 0.0)]
