@@ -12,7 +12,7 @@ from arf.cli import main
 from arf.errors import InputFileError
 from arf.evaluate import Record, append_records
 from arf.report import build_report, collect_records
-from arf.report.plots import curve_points, sweep_line
+from arf.report.plots import curve_points, style_index, sweep_line
 from arf.report.tables import build_table, to_markdown
 
 SETS = {"idset": "id", "s1": "shift", "s2": "shift", "z1": "zeroshot", "z2": "zeroshot", "v": "val"}
@@ -100,6 +100,9 @@ def test_methods_keep_one_order_whatever_was_recorded_first():
     order = ["zeroshot", "lpft", "ft", "flyp", "arf", "arf-lam0.1"]
     assert [r.label for r in build_table(shuffled, wise_alphas=[]).rows] == order
     assert list(curve_points(shuffled)) == order
+    # Colours follow METHOD_ORDER too, so a figure without lp / lpft still draws flyp in flyp's colour.
+    assert [style_index(m, order) for m in ("lp", "ft", "flyp", "arf", "arf-lam0.1")] == [0, 2, 3, 4, 7]
+    assert style_index("flyp", ["ft", "flyp"]) == 3
 
 
 def test_curves_follow_alpha_order():

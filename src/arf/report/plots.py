@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from arf.evaluate.records import Record, dedupe
 from arf.io import atomic_path
-from arf.report.tables import order_methods, summarize
+from arf.report.tables import METHOD_ORDER, order_methods, summarize
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,15 @@ def sweep_line(pts: Sequence[CurvePoint], zero: CurvePoint | None) -> list[Curve
     return line
 
 
+def style_index(method: str, methods: Iterable[str]) -> int:
+    """Which colour / marker ``method`` gets: fixed by METHOD_ORDER for the methods ARF ships, so FLYP is the
+    same colour in the demo's figure and the full protocol's; other names take the slots after those, in order."""
+    if method in METHOD_ORDER:
+        return METHOD_ORDER.index(method) - 1  # zeroshot is the black star, not a slot
+    others = [m for m in methods if m not in METHOD_ORDER]
+    return len(METHOD_ORDER) - 1 + others.index(method)
+
+
 def plot_curves(
     points: dict[str, list[CurvePoint]], path: str | Path, xlabel: str, ylabel: str, title: str
 ) -> int:
@@ -79,7 +88,10 @@ def plot_curves(
     if zero:
         ax.plot(zero[0].x, zero[0].y, marker="*", ms=16, color="black", ls="none", label="zeroshot (α=0)", zorder=5)
     curves = 0
-    for i, (method, pts) in enumerate(p for p in points.items() if p[0] != "zeroshot"):
+    for method, pts in points.items():
+        if method == "zeroshot":
+            continue
+        i = style_index(method, points)
         color = f"C{i % 10}"
         marker = MARKERS[i % len(MARKERS)]
         line = sweep_line(pts, zero[0] if zero else None)
