@@ -4,28 +4,28 @@
 
 MODEL is what `arf eval --model` takes (a model id or a checkpoint folder). Per set: top-1, the number of errors
 and of classes with one, the most frequent (true → predicted) pairs and the classes predicted most often in
-error. A set is read with the checkpoint's trained head where its classes are the head's (as `arf eval` does),
-else with the zero-shot head of its class names × templates. Written to ask why a model's ID test accuracy falls
-further below its val accuracy than its peers' do (docs/RESULTS.md "Still to do").
+error. A set is read with the checkpoint's trained head where it covers the set's classes (also through a
+class mask or label map, projected as `arf eval` does), else with the zero-shot head of its class names ×
+templates. Written to ask why a model's ID test accuracy falls further below its val accuracy than its peers' do
+(docs/RESULTS.md "Still to do").
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
-from pathlib import Path
 
 import torch
 
 from arf.data import get_suite
-from arf.evaluate.runner import EvalOptions, encode_set, label_groups
+from arf.evaluate.runner import EvalOptions, encode_set, label_groups, project_logits
 from arf.evaluate.zeroshot import load_trained_head, zeroshot_head
 from arf.models import create_model
 
 
 def confusions(model: str, suite: str, sets: list[str], top: int = 10, data_root: str | None = None) -> str:
     bundle = create_model(model)
-    trained = load_trained_head(model) if Path(model).exists() else None
+    trained = load_trained_head(model)  # None for a model id
     by_name = {s.name: s for s in get_suite(suite, data_root).sets}
     unknown = [n for n in sets if n not in by_name]
     if unknown:
@@ -33,18 +33,18 @@ def confusions(model: str, suite: str, sets: list[str], top: int = 10, data_root
     lines = [f"# {model}", ""]
     for name in sets:
         ds = by_name[name]
-        exact = trained is not None and label_groups(ds, trained) == (True, None)
-        head = trained if exact else zeroshot_head(bundle, ds.classnames, ds.templates)
+        covered, groups = label_groups(ds, trained) if trained is not None else (False, None)
+        head = trained if covered else zeroshot_head(bundle, ds.classnames, ds.templates)
         feats, labels = encode_set(bundle, ds, EvalOptions(progress=False))
-        pred = (feats @ head.weight.T + head.bias).argmax(1)
+        pred = project_logits(head.logits(feats), groups if covered else None).argmax(1)
         wrong = (pred != labels).nonzero().flatten().tolist()
         names = ds.classnames
         pairs = Counter((names[int(labels[i])], names[int(pred[i])]) for i in wrong)
         guessed = Counter(names[int(pred[i])] for i in wrong)
         acc = 100.0 * (1 - len(wrong) / max(len(labels), 1))
-        lines += [f"## {name} ({'trained' if exact else 'zero-shot'} head)", "",
+        lines += [f"## {name} ({'trained' if covered else 'zero-shot'} head)", "",
                   f"top-1 {acc:.1f} % of {len(labels)}; {len(wrong)} errors in "
-                  f"{len({t for t, _ in pairs.elements()})} of {len(names)} classes", "",
+                  f"{len({t for t, _ in pairs})} of {len(names)} classes", "",
                   "| true → predicted | n |", "|---|---:|"]
         lines += [f"| {t} → {p} | {n} |" for (t, p), n in pairs.most_common(top)]
         lines += ["", "predicted most often in error: "

@@ -15,7 +15,7 @@ The default root is ``$ARF_DATA`` (``arf.paths.data_dir()``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +81,11 @@ def _read_offline(root: Path | None) -> tuple[Path, dict]:
     return root, read_json(manifest)
 
 
-def _offline_sets(root: Path, meta: dict) -> list[LabeledSet]:
-    sets = [load_offline_set(root, name, spec) for name, spec in meta["sets"].items()]
+def _offline_sets(root: Path, meta: dict, roles: Sequence[str] | None = None) -> list[LabeledSet]:
+    """The manifest's sets (only those whose role is in ``roles``, if given: the others' tables are not read), in
+    role then name order."""
+    sets = [load_offline_set(root, name, spec) for name, spec in meta["sets"].items()
+            if roles is None or spec["role"] in roles]
     return sorted(sets, key=lambda s: (ROLES.index(s.role), s.name))
 
 
@@ -100,7 +103,7 @@ def offline_val_suite(root: Path | None = None) -> Suite:
     from arf.data.offline.zeroshot_val import zeroshot_val_sets
 
     root, meta = _read_offline(root)
-    sets = [s for s in _offline_sets(root, meta) if s.role == "val"] + zeroshot_val_sets(root, meta)
+    sets = _offline_sets(root, meta, roles=("val",)) + zeroshot_val_sets(root, meta)
     return Suite("offline-val", sets, info={"root": str(root), "version": meta.get("version")})
 
 

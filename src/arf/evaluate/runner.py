@@ -99,19 +99,24 @@ def label_groups(ds: Any, head: Head) -> tuple[bool, list[list[int]] | None]:
     return False, None
 
 
+def project_logits(logits: torch.Tensor, groups: Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """Logits in a set's label space: with ``groups`` (set label → reference classes), the max over each label's
+    reference classes (WiSE-FT's ObjectNet projection; for a ``class_mask`` each group has one class and this is
+    ``logits[:, mask]``); without, unchanged."""
+    if groups is None:
+        return logits
+    return torch.stack([logits[:, list(g)].max(dim=1).values for g in groups], dim=1)
+
+
 def topk_correct(
     logits: torch.Tensor, labels: torch.Tensor, groups: Sequence[Sequence[int]] | None, ks: Iterable[int] = (1, 5)
 ) -> dict[int, int]:
     """Number of images whose label is among the top-k predictions, for each k.
 
-    With ``groups`` (set label → reference classes), the logits are first projected to the set's label space by
-    the max over each label's reference classes (WiSE-FT's ObjectNet projection); for a ``class_mask`` each group
-    has one class and this is ``logits[:, mask]``. Top-1 is then "the argmax over the mapped reference classes
-    is one of the label's classes".
+    With ``groups`` the logits are first projected to the set's label space (:func:`project_logits`); top-1 is
+    then "the argmax over the mapped reference classes is one of the label's classes".
     """
-    if groups is not None:
-        projected = [logits[:, list(g)].max(dim=1).values for g in groups]
-        logits = torch.stack(projected, dim=1)
+    logits = project_logits(logits, groups)
     out = {}
     for k in ks:
         k_eff = min(k, logits.shape[1])
