@@ -6,8 +6,9 @@
 #
 #   scripts/offline_results.sh [OUT=runs/offline-results] [SEEDS="0 1 2"]
 #   ALPHAS=0.25,0.5,0.75 (default; "" skips WiSE-FT)  NPROC=2  DEMO=runs/demo
+#   TOWER_METHODS="ft flyp arf" (default; add arf-cap arf-ret for the anchor ablations)
 #
-# ft / flyp / arf train under `torchrun --nproc_per_node $NPROC` (default 2: global batch 64 = 2 × 32);
+# ft / flyp / arf (and any other TOWER_METHODS) train under `torchrun --nproc_per_node $NPROC` (default 2: global batch 64 = 2 × 32);
 # zeroshot, lp and lpft in one process. A run whose final/ exists is not trained again (delete it to redo);
 # `arf eval` skips sets already recorded for the same weights, so a killed script is simply run again.
 set -euo pipefail
@@ -19,7 +20,7 @@ seeds="${2:-0 1 2}"
 nproc="${NPROC:-2}"
 alphas="${ALPHAS-0.25,0.5,0.75}"  # α 0 and 1 are the zero-shot and finetuned rows, evaluated anyway
 demo="${DEMO:-$repo/runs/demo}"
-tower_methods="ft flyp arf"  # trained under torchrun, then swept with WiSE-FT
+tower_methods="${TOWER_METHODS:-ft flyp arf}"  # trained under torchrun, then swept with WiSE-FT
 cd "$repo"
 caps="$demo/anchors/captions/captions.parquet"
 anchors="$demo/anchors/retrieved"
@@ -30,14 +31,15 @@ records="$out/records.jsonl"
 train() {  # method seed launcher...
   local method="$1" seed="$2"; shift 2
   local name="$method-s$seed" extra=()
-  [ "$method" = arf ] && extra=(--set captions="$caps" --set anchors="$anchors")
+  case "$method" in arf|arf-*) extra=(--set captions="$caps" --set anchors="$anchors") ;; esac
   if [ ! -f "$out/$name/final/arf.json" ]; then
     echo "[results] train $name ($(date +%T))" >&2
     /usr/bin/time -f "[results] $name: %e s wall, %M KB max RSS" "$@" -m arf.cli train \
       --config "configs/offline/$method.yaml" --out-dir "$out" --name "$name" --set seed="$seed" --set progress=false \
       "${extra[@]}"
   fi
-  python -m arf.cli eval --model "$out/$name/final" --suite offline --out "$records" >/dev/null
+  # --method: the ablations train with method arf (their config's), but are rows of their own.
+  python -m arf.cli eval --model "$out/$name/final" --suite offline --method "$method" --out "$records" >/dev/null
 }
 
 python -m arf.cli eval --model arf:mini-clip --suite offline --out "$records" >/dev/null  # the zero-shot row
@@ -54,7 +56,8 @@ if [ -n "$alphas" ]; then
     for method in $tower_methods; do
       echo "[results] wise $method-s$seed α $alphas ($(date +%T))" >&2
       /usr/bin/time -f "[results] wise $method-s$seed: %e s wall" python -m arf.cli wise --zeroshot arf:mini-clip \
-        --finetuned "$out/$method-s$seed/final" --alphas "$alphas" --eval offline --records "$records" >/dev/null
+        --finetuned "$out/$method-s$seed/final" --alphas "$alphas" --eval offline --method "$method" \
+        --records "$records" >/dev/null
     done
   done
 fi
