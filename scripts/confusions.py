@@ -18,8 +18,8 @@ from collections import Counter
 import torch
 
 from arf.data import get_suite
-from arf.evaluate.runner import EvalOptions, encode_set, label_groups, project_logits
-from arf.evaluate.zeroshot import load_trained_head, zeroshot_head
+from arf.evaluate.runner import predict_set
+from arf.evaluate.zeroshot import load_trained_head
 from arf.models import create_model
 
 
@@ -33,16 +33,14 @@ def confusions(model: str, suite: str, sets: list[str], top: int = 10, data_root
     lines = [f"# {model}", ""]
     for name in sets:
         ds = by_name[name]
-        covered, groups = label_groups(ds, trained) if trained is not None else (False, None)
-        head = trained if covered else zeroshot_head(bundle, ds.classnames, ds.templates)
-        feats, labels = encode_set(bundle, ds, EvalOptions(progress=False))
-        pred = project_logits(head.logits(feats), groups if covered else None).argmax(1)
+        p = predict_set(bundle, ds, trained)
+        pred, labels = p.pred, p.labels
         wrong = (pred != labels).nonzero().flatten().tolist()
         names = ds.classnames
         pairs = Counter((names[int(labels[i])], names[int(pred[i])]) for i in wrong)
         guessed = Counter(names[int(pred[i])] for i in wrong)
         acc = 100.0 * (1 - len(wrong) / max(len(labels), 1))
-        lines += [f"## {name} ({'trained' if covered else 'zero-shot'} head)", "",
+        lines += [f"## {name} ({'trained' if p.head == 'trained' else 'zero-shot'} head)", "",
                   f"top-1 {acc:.1f} % of {len(labels)}; {len(wrong)} errors in "
                   f"{len({t for t, _ in pairs})} of {len(names)} classes", "",
                   "| true → predicted | n |", "|---|---:|"]

@@ -279,3 +279,35 @@ def test_full_benchmark_is_leak_free_and_sized():
     for key in ("train", "zs-emoji", "zs-flags"):
         missing = [n for n in read_json(root / "classnames" / f"{key}.json") if n not in texts]
         assert not missing, f"{key}: concepts missing from the alignment corpus: {missing[:5]}"
+
+
+def test_train_look_describes_the_rendered_sticker():
+    # scripts/augment_errors.py reads each finetuning image's draw from train_look instead of re-rendering: the
+    # look must be what the build renders, for every combination of posterising and mirroring.
+    from arf.data.offline.render import TRAIN_BACKGROUNDS, Job, styled, train_look
+
+    size = 64
+    red = ('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+           '<rect width="10" height="10" fill="#f00"/></svg>')
+    seen = set()
+    for seed in range(40):
+        look = train_look(seed, size)
+        img = np.asarray(styled(Job("x.png", "svg", red, "train", size, seed)))
+        at = look.placement
+        side = max(8, round(size * at.scale))
+        assert 0.55 <= at.scale <= 0.9 and abs(at.angle) <= 35.0 and at.x + side <= size and at.y + side <= size
+        bg = np.array(TRAIN_BACKGROUNDS[look.background])
+        if look.posterize:
+            bg = bg & 0b11100000  # PIL's posterize(3): keep the top three bits
+        cx = at.x + side // 2
+        if look.mirror:
+            img = img[:, ::-1]
+        # the sticker's centre is red, and every pixel the square cannot reach is the background
+        assert tuple(img[at.y + side // 2, cx]) == (255 if not look.posterize else 224, 0, 0)
+        outside = np.ones((size, size), bool)
+        reach = int(side * 0.72) + 2  # a rotated square's half-diagonal, plus the bicubic fringe
+        c = (at.y + side // 2, cx)
+        outside[max(0, c[0] - reach):c[0] + reach, max(0, c[1] - reach):c[1] + reach] = False
+        assert (img[outside] == bg).all()
+        seen.add((look.posterize, look.mirror))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}

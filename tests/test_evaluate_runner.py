@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from arf.evaluate import EvalOptions, Head, ModelTag, evaluate, label_groups, role_averages, topk_correct
+from arf.evaluate.runner import predict_set
 from evaluate_fixtures import NAMES, OracleBundle, make_set
 
 OPTS = EvalOptions(batch_size=3, progress=False)
@@ -64,6 +65,23 @@ def test_trained_head_used_only_for_its_label_space(tmp_path):
     assert got[("masked", "top1")].value == 0.0  # ... through the mask: blue scored as "red" → wrong
     assert got[("other", "top1")].value == 100.0  # zero-shot head of the model for a foreign label space
     assert [got[(s, "top1")].head for s in ("same", "masked", "other")] == ["trained", "trained", "zeroshot"]
+
+
+def test_predict_set_gives_per_image_predictions_evaluate_scores(tmp_path):
+    bundle = OracleBundle(NAMES)
+    ds = make_set(tmp_path, "s", "id", list(range(8)), per_class=2, wrong=4)  # the first 4 labels are off by one
+    p = predict_set(bundle, ds, opts=OPTS)
+    assert p.index.tolist() == list(range(16)) and p.labels.tolist() == ds.labels and p.head == "zeroshot"
+    assert (p.pred != p.labels).nonzero().flatten().tolist() == [0, 1, 2, 3]
+    top1 = by_key(evaluate(bundle, [ds], opts=OPTS))[("s", "top1")].value
+    assert top1 == pytest.approx(100.0 * float((p.pred == p.labels).float().mean()))
+    # the trained head, through a class mask, as evaluate() would: blue (ref 2) is scored as "red" → wrong
+    w = torch.zeros(4, 8)
+    for k in range(4):
+        w[(k + 1) % 4, k] = 10.0
+    head = Head(weight=w, bias=torch.zeros(4), classnames=[NAMES[c] for c in range(4)], kind="trained")
+    masked = predict_set(bundle, make_set(tmp_path, "m", "shift", [1, 2], class_mask=[1, 2]), head, OPTS)
+    assert masked.head == "trained" and masked.pred.tolist() == [1, 1, 0, 0] != masked.labels.tolist()
 
 
 def test_label_groups_rules():

@@ -58,22 +58,31 @@ class ModelTag:
 
 
 @torch.no_grad()
-def encode_set(bundle: Any, ds: Any, opts: EvalOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised image features [N, D] and labels [N] of a LabeledSet (unreadable images skipped, counted)."""
+def encode_set_indexed(
+    bundle: Any, ds: Any, opts: EvalOptions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`encode_set` plus, for each feature, the row of ``ds`` it belongs to (unreadable images have none)."""
     from arf.data import ImageDataset, make_loader
 
     dataset = ImageDataset.from_set(ds, transform=bundle.preprocess_val)
     loader = make_loader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=opts.num_workers)
-    feats, labels = [], []
+    feats, labels, index = [], [], []
     with eval_mode(bundle.model) as model:
-        for images, ys, _ in tqdm(loader, desc=f"eval {ds.name}", unit="batch", disable=not opts.progress,
-                                  leave=False):
+        for images, ys, idx in tqdm(loader, desc=f"eval {ds.name}", unit="batch", disable=not opts.progress,
+                                    leave=False):
             f = model.encode_image(images.to(opts.device), normalize=True)
             feats.append(f.float().cpu())
             labels.append(ys)
+            index.append(idx)
     if not feats:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels)
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels), torch.cat(index)
+
+
+def encode_set(bundle: Any, ds: Any, opts: EvalOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image features [N, D] and labels [N] of a LabeledSet (unreadable images skipped, counted)."""
+    feats, labels, _ = encode_set_indexed(bundle, ds, opts)
+    return feats, labels
 
 
 def label_groups(ds: Any, head: Head) -> tuple[bool, list[list[int]] | None]:
@@ -123,6 +132,31 @@ def topk_correct(
         top = logits.topk(k_eff, dim=1).indices
         out[k] = int((top == labels[:, None]).any(dim=1).sum())
     return out
+
+
+@dataclass(frozen=True)
+class SetPredictions:
+    """Top-1 predictions of a model on one set, in the set's label space, as :func:`evaluate` scores them."""
+
+    pred: torch.Tensor  # [N] predicted label
+    labels: torch.Tensor  # [N] true label
+    index: torch.Tensor  # [N] row of the set (unreadable images have no prediction)
+    head: str  # the head's kind: "trained" or "zeroshot"
+
+
+def predict_set(bundle: Any, ds: Any, head: Head | None = None, opts: EvalOptions | None = None) -> SetPredictions:
+    """Per-image top-1 of ``bundle`` on ``ds`` with the head :func:`evaluate` would use: ``head`` where it covers
+    the set's label space (directly, by class mask or by label map), else the zero-shot head of the set's class
+    names × templates. For analyses of which images a model gets wrong (scripts/confusions.py)."""
+    opts = opts or EvalOptions(progress=False)
+    covered, groups = label_groups(ds, head) if head is not None else (False, None)
+    use_head = head if covered and head is not None else zeroshot_head(bundle, ds.classnames, ds.templates,
+                                                                       device=opts.device)
+    feats, labels, index = encode_set_indexed(bundle, ds, opts)
+    if labels.numel() == 0:
+        return SetPredictions(labels, labels, index, use_head.kind)
+    pred = project_logits(use_head.logits(feats), groups if covered else None).argmax(dim=1)
+    return SetPredictions(pred, labels, index, use_head.kind)
 
 
 def metrics_for(num_classes: int) -> dict[str, int]:

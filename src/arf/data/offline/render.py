@@ -97,42 +97,71 @@ def source_rgba(job: Job) -> Image.Image:
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 
-def _place(
-    fg: Image.Image,
-    size: int,
-    rng: np.random.Generator,
-    scale: tuple[float, float],
-    rot: float,
-    bg: tuple[int, int, int],
-) -> Image.Image:
+@dataclass(frozen=True)
+class Placement:
+    """Where a sticker lands: its side as a fraction of the image, rotation in degrees, top-left corner."""
+
+    scale: float
+    angle: float
+    x: int
+    y: int
+
+
+def _draw_placement(rng: np.random.Generator, size: int, scale: tuple[float, float], rot: float) -> Placement:
     s = rng.uniform(*scale)
     side = max(8, round(size * s))
-    fg = fg.resize((side, side), Image.BICUBIC)
-    if rot:
-        fg = fg.rotate(rng.uniform(-rot, rot), resample=Image.BICUBIC, expand=False)
-    canvas = Image.new("RGBA", (size, size), (*bg, 255))
+    angle = rng.uniform(-rot, rot) if rot else 0.0
     slack = size - side
     x, y = (int(rng.integers(0, slack + 1)), int(rng.integers(0, slack + 1))) if slack > 0 else (0, 0)
-    canvas.alpha_composite(fg, (x, y))
+    return Placement(s, angle, x, y)
+
+
+def _place(fg: Image.Image, size: int, at: Placement, bg: tuple[int, int, int]) -> Image.Image:
+    side = max(8, round(size * at.scale))
+    fg = fg.resize((side, side), Image.BICUBIC)
+    if at.angle:
+        fg = fg.rotate(at.angle, resample=Image.BICUBIC, expand=False)
+    canvas = Image.new("RGBA", (size, size), (*bg, 255))
+    canvas.alpha_composite(fg, (at.x, at.y))
     return canvas.convert("RGB")
+
+
+@dataclass(frozen=True)
+class TrainLook:
+    """The random look of one finetuning-domain image (train / val / id); a function of the job's seed alone, so
+    an analysis can recover it for any image without rendering (scripts/augment_errors.py)."""
+
+    background: int  # index into TRAIN_BACKGROUNDS
+    placement: Placement
+    posterize: bool
+    mirror: bool
+
+
+def train_look(seed: int, size: int) -> TrainLook:
+    """The draw behind style "train": stickers on coloured backgrounds, rotated, sometimes posterised or mirrored.
+    The order of the draws is the build's; changing it changes every finetuning image (bump BUILD_REVISION)."""
+    rng = np.random.default_rng(seed)
+    bg = int(rng.integers(len(TRAIN_BACKGROUNDS)))
+    at = _draw_placement(rng, size, (0.55, 0.9), 35.0)
+    return TrainLook(bg, at, bool(rng.random() < 0.5), bool(rng.random() < 0.5))
 
 
 def styled(job: Job) -> Image.Image:
     fg = source_rgba(job)
-    rng = np.random.default_rng(job.seed)
     if job.kind == "gray":
         return fg.convert("L")  # MNIST-family: keep the native 28 px grey image
     if job.style == "plain":
-        return _place(fg, job.size, rng, (0.9, 0.9), 0.0, (255, 255, 255))
+        return _place(fg, job.size, _draw_placement(np.random.default_rng(job.seed), job.size, (0.9, 0.9), 0.0),
+                      (255, 255, 255))
     if job.style == "jitter":
-        return _place(fg, job.size, rng, (0.7, 0.95), 12.0, (255, 255, 255))
+        return _place(fg, job.size, _draw_placement(np.random.default_rng(job.seed), job.size, (0.7, 0.95), 12.0),
+                      (255, 255, 255))
     if job.style == "train":
-        # The finetuning domain: stickers on coloured backgrounds, rotated, sometimes posterised or mirrored.
-        bg = TRAIN_BACKGROUNDS[int(rng.integers(len(TRAIN_BACKGROUNDS)))]
-        img = _place(fg, job.size, rng, (0.55, 0.9), 35.0, bg)
-        if rng.random() < 0.5:
+        look = train_look(job.seed, job.size)
+        img = _place(fg, job.size, look.placement, TRAIN_BACKGROUNDS[look.background])
+        if look.posterize:
             img = ImageOps.posterize(img, 3)
-        if rng.random() < 0.5:
+        if look.mirror:
             img = ImageOps.mirror(img)
         return img
     raise ValueError(f"unknown style {job.style!r}")
