@@ -87,29 +87,25 @@ def augment_errors(models: list[str], sets: list[str], data_root: str | None = N
         f"{m} {n}" for m in methods for n in sets) + " |"
     lines += [head, "|" + "---|" * (2 + len(sets) + len(methods) * len(sets))]
     counts = {n: sum(1 for k in looks if k[0] == n) for n in sets}
+
+    def row(factor: str, label: str, keys: list[tuple[str, int]]) -> str:
+        """One table row: the keys' share of each set, then errors / images per method and set."""
+        share = [100.0 * sum(1 for k in keys if k[0] == n) / max(counts[n], 1) for n in sets]
+        cells = []
+        for m in methods:
+            for n in sets:
+                wrong = sum(tally[m][k][0] for k in keys if k[0] == n)
+                seen = sum(tally[m][k][1] for k in keys if k[0] == n)
+                cells.append(f"{100.0 * wrong / seen:.1f} ({wrong}/{seen})" if seen else "–")
+        return f"| {factor} | {label} | " + " | ".join(f"{s:.1f}" for s in share) + " | " + " | ".join(cells) + " |"
+
     for factor, (read, edges) in FACTORS.items():
         bins: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for key, look in looks.items():
             bins[bin_label(read(look), edges)].append(key)
         for b in sorted(bins, key=lambda s: (len(s), s) if edges is None else s):
-            keys = bins[b]
-            label = f"{b} {TRAIN_BACKGROUNDS[int(b)]}" if factor == "background" else b
-            share = [100.0 * sum(1 for k in keys if k[0] == n) / max(counts[n], 1) for n in sets]
-            cells = []
-            for m in methods:
-                for n in sets:
-                    wrong = sum(tally[m][k][0] for k in keys if k[0] == n)
-                    seen = sum(tally[m][k][1] for k in keys if k[0] == n)
-                    cells.append(f"{100.0 * wrong / seen:.1f} ({wrong}/{seen})" if seen else "–")
-            lines.append(f"| {factor} | {label} | " + " | ".join(f"{s:.1f}" for s in share) + " | "
-                         + " | ".join(cells) + " |")
-    totals = []
-    for m in methods:
-        for n in sets:
-            wrong = sum(v[0] for k, v in tally[m].items() if k[0] == n)
-            seen = sum(v[1] for k, v in tally[m].items() if k[0] == n)
-            totals.append(f"{100.0 * wrong / max(seen, 1):.1f} ({wrong}/{seen})")
-    lines.append("| all | | " + " | ".join("100.0" for _ in sets) + " | " + " | ".join(totals) + " |")
+            lines.append(row(factor, f"{b} {TRAIN_BACKGROUNDS[int(b)]}" if factor == "background" else b, bins[b]))
+    lines.append(row("all", "", list(looks)))
     return "\n".join(lines)
 
 

@@ -294,8 +294,9 @@ def test_train_look_describes_the_rendered_sticker():
         look = train_look(seed, size)
         img = np.asarray(styled(Job("x.png", "svg", red, "train", size, seed)))
         at = look.placement
-        side = max(8, round(size * at.scale))
-        assert 0.55 <= at.scale <= 0.9 and abs(at.angle) <= 35.0 and at.x + side <= size and at.y + side <= size
+        side = at.side
+        assert side == max(8, round(size * at.scale)) and 0.55 <= at.scale <= 0.9 and abs(at.angle) <= 35.0
+        assert at.x + side <= size and at.y + side <= size
         bg = np.array(TRAIN_BACKGROUNDS[look.background])
         if look.posterize:
             bg = bg & 0b11100000  # PIL's posterize(3): keep the top three bits

@@ -108,6 +108,13 @@ def label_groups(ds: Any, head: Head) -> tuple[bool, list[list[int]] | None]:
     return False, None
 
 
+def covering_head(ds: Any, head: Head | None) -> tuple[Head | None, list[list[int]] | None]:
+    """``(head, groups)`` where ``head`` covers ``ds``'s label space (:func:`label_groups`), else ``(None, None)``:
+    the set is then read with the model's zero-shot head."""
+    covered, groups = label_groups(ds, head) if head is not None else (False, None)
+    return (head, groups) if covered else (None, None)
+
+
 def project_logits(logits: torch.Tensor, groups: Sequence[Sequence[int]] | None) -> torch.Tensor:
     """Logits in a set's label space: with ``groups`` (set label → reference classes), the max over each label's
     reference classes (WiSE-FT's ObjectNet projection; for a ``class_mask`` each group has one class and this is
@@ -149,13 +156,12 @@ def predict_set(bundle: Any, ds: Any, head: Head | None = None, opts: EvalOption
     the set's label space (directly, by class mask or by label map), else the zero-shot head of the set's class
     names × templates. For analyses of which images a model gets wrong (scripts/confusions.py)."""
     opts = opts or EvalOptions(progress=False)
-    covered, groups = label_groups(ds, head) if head is not None else (False, None)
-    use_head = head if covered and head is not None else zeroshot_head(bundle, ds.classnames, ds.templates,
-                                                                       device=opts.device)
+    trained, groups = covering_head(ds, head)
+    use_head = trained or zeroshot_head(bundle, ds.classnames, ds.templates, device=opts.device)
     feats, labels, index = encode_set_indexed(bundle, ds, opts)
     if labels.numel() == 0:
         return SetPredictions(labels, labels, index, use_head.kind)
-    pred = project_logits(use_head.logits(feats), groups if covered else None).argmax(dim=1)
+    pred = project_logits(use_head.logits(feats), groups).argmax(dim=1)
     return SetPredictions(pred, labels, index, use_head.kind)
 
 
@@ -219,8 +225,7 @@ def evaluate(
     for ds in sets:
         if ds.role not in opts.roles:
             continue
-        covered, groups = label_groups(ds, head) if head is not None else (False, None)
-        trained = head if covered and head is not None else None
+        trained, groups = covering_head(ds, head)
         head_fp = tensor_fingerprint(trained.weight, trained.bias) if trained is not None else "zeroshot"
         chash = config_hash(model_fp, head_fp, groups, set_fingerprint(ds))
         metrics = metrics_for(len(ds.classnames))

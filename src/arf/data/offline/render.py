@@ -99,9 +99,11 @@ def source_rgba(job: Job) -> Image.Image:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a sticker lands: its side as a fraction of the image, rotation in degrees, top-left corner."""
+    """Where a sticker lands: its side as a fraction of the image and in pixels, rotation in degrees, top-left
+    corner."""
 
     scale: float
+    side: int
     angle: float
     x: int
     y: int
@@ -113,12 +115,11 @@ def _draw_placement(rng: np.random.Generator, size: int, scale: tuple[float, flo
     angle = rng.uniform(-rot, rot) if rot else 0.0
     slack = size - side
     x, y = (int(rng.integers(0, slack + 1)), int(rng.integers(0, slack + 1))) if slack > 0 else (0, 0)
-    return Placement(s, angle, x, y)
+    return Placement(s, side, angle, x, y)
 
 
 def _place(fg: Image.Image, size: int, at: Placement, bg: tuple[int, int, int]) -> Image.Image:
-    side = max(8, round(size * at.scale))
-    fg = fg.resize((side, side), Image.BICUBIC)
+    fg = fg.resize((at.side, at.side), Image.BICUBIC)
     if at.angle:
         fg = fg.rotate(at.angle, resample=Image.BICUBIC, expand=False)
     canvas = Image.new("RGBA", (size, size), (*bg, 255))
