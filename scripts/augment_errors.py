@@ -23,7 +23,7 @@ import torch
 
 from arf.data import get_suite
 from arf.data.offline.render import TRAIN_BACKGROUNDS, TrainLook, job_seed, train_look
-from arf.errors import InputFileError
+from arf.errors import ConfigError, InputFileError
 from arf.evaluate.runner import model_tag, predict_set
 from arf.evaluate.zeroshot import load_trained_head
 from arf.io import read_json
@@ -58,10 +58,11 @@ def bin_label(value: float, edges: list[float] | None) -> str:
 
 
 def augment_errors(models: list[str], sets: list[str], data_root: str | None = None) -> str:
-    by_name = {s.name: s for s in get_suite("offline", data_root).sets}
-    unknown = [n for n in sets if n not in by_name]
-    if unknown:
-        raise SystemExit(f"--sets: unknown set {unknown[0]!r}; choose from {', '.join(by_name)}")
+    suite_ = get_suite("offline", data_root)
+    try:
+        by_name = {n: suite_.get(n) for n in sets}
+    except ConfigError as e:  # the suite's own "choose from" message, said as the flag's
+        raise SystemExit(f"--sets: {e}") from None
     root = Path(by_name[sets[0]].root)
     seed, size = build_identity(root)
     # (set, row) → the draw that rendered the image

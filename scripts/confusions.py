@@ -18,6 +18,7 @@ from collections import Counter
 import torch
 
 from arf.data import get_suite
+from arf.errors import ConfigError
 from arf.evaluate.runner import predict_set
 from arf.evaluate.zeroshot import load_trained_head
 from arf.models import create_model
@@ -26,10 +27,11 @@ from arf.models import create_model
 def confusions(model: str, suite: str, sets: list[str], top: int = 10, data_root: str | None = None) -> str:
     bundle = create_model(model)
     trained = load_trained_head(model)  # None for a model id
-    by_name = {s.name: s for s in get_suite(suite, data_root).sets}
-    unknown = [n for n in sets if n not in by_name]
-    if unknown:
-        raise SystemExit(f"--sets: unknown set {unknown[0]!r}; choose from {', '.join(by_name)}")
+    suite_ = get_suite(suite, data_root)
+    try:
+        by_name = {n: suite_.get(n) for n in sets}
+    except ConfigError as e:  # the suite's own "choose from" message, said as the flag's
+        raise SystemExit(f"--sets: {e}") from None
     lines = [f"# {model}", ""]
     for name in sets:
         ds = by_name[name]

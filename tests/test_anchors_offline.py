@@ -74,3 +74,11 @@ def test_pool_subset_embed_retrieve_excludes_every_finetuning_and_test_image(off
     banned = {hashlib.sha256((root / p).read_bytes()).hexdigest() for s in [train, *suite_siblings(
         "suite:offline/train")] for p in s.paths}
     assert not any(hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest() in banned for r in t)
+
+
+def test_a_suite_spec_naming_no_set_of_the_suite_says_which_sets_it_has(offline: dict) -> None:
+    from arf.anchors.sources import resolve_set
+    from arf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="suite 'offline' has no set 'nope'; choose from train, val, id, "):
+        resolve_set("suite:offline/nope")

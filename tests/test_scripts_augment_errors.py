@@ -58,5 +58,5 @@ def test_error_rates_by_draw_count_every_image_once_per_factor(tiny, tmp_path): 
     (plain / "manifest.json").write_text(json.dumps(meta))
     with pytest.raises(InputFileError, match=r"manifest.json: no build config"):
         ns["augment_errors"](["arf:tiny-clip"], ["val"], data_root=str(plain))
-    with pytest.raises(SystemExit, match=r"--sets: unknown set 'nope'"):
+    with pytest.raises(SystemExit, match=r"--sets: suite 'offline' has no set 'nope'; choose from "):
         ns["augment_errors"](["arf:tiny-clip"], ["nope"], data_root=str(tiny))

@@ -112,11 +112,7 @@ def resolve_set(spec: Any, root: str | Path | None = None) -> ImageSet:
         suite_name, set_name, data_root = parse_suite_spec(s)
         import arf.data
 
-        suite = arf.data.get_suite(suite_name, root=data_root)
-        sets = {ls.name: ls for ls in suite.sets}
-        if set_name not in sets:
-            raise ConfigError(f"unknown set {set_name!r} in suite {suite_name!r}; choose from {', '.join(sets)}")
-        return _from_labeled_set(sets[set_name], root)
+        return _from_labeled_set(arf.data.get_suite(suite_name, root=data_root).get(set_name), root)
     p = Path(s).expanduser()
     if p.is_dir():
         return _from_folder(p)
