@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from arf.cli import main
 from arf.errors import InputFileError
 from arf.evaluate import Record, append_records
-from arf.report import build_report, collect_records
+from arf.report import build_report, collect_records, rename_methods, select_methods
 from arf.report.plots import curve_points, style_index, sweep_line
 from arf.report.tables import METHOD_ORDER, build_table, to_markdown
 
@@ -193,3 +194,42 @@ def test_zero_shot_val_sets_get_their_own_average_and_stay_out_of_the_test_avera
     cells = table.rows[0].cells
     assert cells["zero-shot avg"].mean == pytest.approx(35.0)
     assert cells["zero-shot val avg"].mean == pytest.approx(15.0)
+
+
+def test_rename_shows_methods_under_new_names_and_can_swap_two(tmp_path, capsys, caplog):
+    # Relabelling a method (a config renamed after it ran) is a view: the records file keeps its names.
+    path = tmp_path / "records.jsonl"
+    append_records(path, synthetic())
+    before = path.read_bytes()
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--rename", "arf=flyp,flyp=arf"]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "r" / "summary.json").read_text())["rows"]}
+    swapped = build_table(synthetic())
+    want = {r.label: r for r in swapped.rows}
+    assert rows["arf"]["cells"]["OOD avg"]["mean"] == pytest.approx(want["flyp"].cells["OOD avg"].mean)
+    assert rows["flyp"]["cells"]["OOD avg"]["mean"] == pytest.approx(want["arf"].cells["OOD avg"].mean)
+    assert path.read_bytes() == before
+    # A name that is already taken merges the two methods' runs into one row, and says so.
+    recs = rename_methods(synthetic(), {"flyp": "ft"})
+    assert {r.method for r in recs} == {"zeroshot", "ft", "arf"}
+    assert "method 'ft' has records already; the two are merged" in caplog.text
+    capsys.readouterr()
+    for bad, msg in (("arf", "--rename: 'arf' must look like OLD=NEW"),
+                     ("nope=x", "--rename: no records of method 'nope'; the records hold arf, flyp, ft, zeroshot"),
+                     ("arf=a,arf=b", "--rename: method 'arf' is renamed twice")):
+        assert main(["report", str(path), "--out", str(tmp_path / "r"), "--rename", bad]) == 2
+        assert capsys.readouterr().err == f"arf: error: {msg}\n"
+
+
+def test_methods_keeps_the_named_methods_and_the_zero_shot_start(tmp_path, capsys):
+    path = tmp_path / "records.jsonl"
+    append_records(path, synthetic())
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--rename", "arf=arf-new",
+                 "--methods", "arf-new,ft"]) == 0
+    md = (tmp_path / "r" / "results.md").read_text()
+    labels = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines()[2:] if line.startswith("| ")]
+    assert labels == ["zeroshot", "ft", "arf-new", "ft + WiSE-FT (α=0.5)", "arf-new + WiSE-FT (α=0.5)"]
+    assert {r.method for r in select_methods(synthetic(), ["flyp"])} == {"zeroshot", "flyp"}
+    capsys.readouterr()
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--methods", "arf,lp"]) == 2
+    err = capsys.readouterr().err
+    assert err == "arf: error: --methods: no records of method 'lp'; choose from arf, flyp, ft, zeroshot\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from arf.errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``report``."""
@@ -16,15 +18,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wise-alpha", "--wise-alphas", dest="wise_alpha", default="0.5", metavar="ALPHAS",
                    help="alpha(s) of the WiSE-FT rows in the table: 0.5, a list 0.25,0.5,0.75 or a range 0:1:0.25 "
                         "(α 0 and 1 are the zeroshot and finetuned rows; default: 0.5)")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="show method OLD as NEW (repeatable, or comma-separated; applied at once, so names can swap; "
+                        "the records files are not changed)")
+    p.add_argument("--methods", metavar="M1,M2", help="only these methods (after --rename); zeroshot is always kept "
+                                                      "as the start of the WiSE-FT curves")
     p.set_defaults(func=cmd_report)
+
+
+def parse_renames(items: list[str]) -> dict[str, str]:
+    """``["a=b", "c=d,e=f"]`` → ``{"a": "b", "c": "d", "e": "f"}``; a malformed pair names the flag."""
+    renames: dict[str, str] = {}
+    for pair in (x.strip() for item in items for x in item.split(",") if x.strip()):
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ConfigError(f"--rename: {pair!r} must look like OLD=NEW")
+        if old.strip() in renames:
+            raise ConfigError(f"--rename: method {old.strip()!r} is renamed twice")
+        renames[old.strip()] = new.strip()
+    return renames
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from arf.evaluate.wise import parse_alphas
-    from arf.report import build_report, collect_records
+    from arf.report import build_report, collect_records, rename_methods, select_methods
 
     alphas = parse_alphas(args.wise_alpha, field="--wise-alpha")
-    result = build_report(collect_records(args.inputs), args.out, metric=args.metric, wise_alphas=alphas)
+    records = rename_methods(collect_records(args.inputs), parse_renames(args.rename))
+    if args.methods:
+        records = select_methods(records, [m.strip() for m in args.methods.split(",") if m.strip()])
+    result = build_report(records, args.out, metric=args.metric, wise_alphas=alphas)
     print(result.markdown_path.read_text())
     print(f"wrote {result.markdown_path}, {result.csv_path}")
     for name, path in result.plots.items():

@@ -8,12 +8,13 @@ print(result.markdown_path.read_text())
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arf.errors import InputFileError
+from arf.errors import ConfigError, InputFileError
 from arf.evaluate.records import Record, read_records
 from arf.io import atomic_open, write_json
 from arf.report.plots import curve_points, plot_curves
@@ -21,7 +22,7 @@ from arf.report.tables import Table, build_table, to_markdown, write_csv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportResult", "build_report", "collect_records"]
+__all__ = ["ReportResult", "build_report", "collect_records", "rename_methods", "select_methods"]
 
 
 def collect_records(inputs: Sequence[str | Path]) -> list[Record]:
@@ -45,6 +46,33 @@ def collect_records(inputs: Sequence[str | Path]) -> list[Record]:
     if not records:
         raise InputFileError(f"no evaluation records in {', '.join(map(str, inputs))}")
     return records
+
+
+def rename_methods(records: Sequence[Record], renames: Mapping[str, str]) -> list[Record]:
+    """Records with their method renamed by ``renames`` (old → new, applied at once, so names can swap).
+
+    Reports are read-only views: the JSONL files keep the names they were recorded under. A new name that
+    another method already has merges the two (their runs become replicates of one row): that is logged.
+    """
+    have = sorted({r.method for r in records})
+    missing = [old for old in renames if old not in have]
+    if missing:
+        raise ConfigError(f"--rename: no records of method {missing[0]!r}; the records hold {', '.join(have)}")
+    kept = set(have) - set(renames)
+    for old, new in renames.items():
+        if new in kept:
+            log.warning("--rename %s=%s: method %r has records already; the two are merged", old, new, new)
+    return [dataclasses.replace(r, method=renames.get(r.method, r.method)) for r in records]
+
+
+def select_methods(records: Sequence[Record], methods: Sequence[str]) -> list[Record]:
+    """The records of ``methods`` (after any renaming) and of ``zeroshot``, where every WiSE-FT curve starts."""
+    have = sorted({r.method for r in records})
+    unknown = [m for m in methods if m not in have]
+    if unknown:
+        raise ConfigError(f"--methods: no records of method {unknown[0]!r}; choose from {', '.join(have)}")
+    keep = {*methods, "zeroshot"}
+    return [r for r in records if r.method in keep]
 
 
 @dataclass
