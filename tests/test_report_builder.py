@@ -121,7 +121,7 @@ def test_curves_follow_alpha_order():
 
 def test_a_single_alpha_sweep_is_closed_by_the_zero_shot_and_finetuned_models(tmp_path):
     # `arf wise --alphas 0.5` records only α = 0.5; the finetuned model's own eval has α None. The curve must still
-    # run zero-shot → 0.5 → finetuned, one legend entry per method (docs/RESULTS.md §1 b).
+    # run zero-shot → 0.5 → finetuned, one legend entry per method (docs/RESULTS.md §1 c).
     recs = [r for r in synthetic() if r.alpha == 0.5 or r.method == "zeroshot"]
     recs += [Record(r.model, r.method, None, r.set, r.role, r.metric, r.value, r.n, r.config_hash, r.seed)
              for r in synthetic() if r.alpha == 1.0]
