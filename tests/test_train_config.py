@@ -38,7 +38,7 @@ def test_bad_config_one_clear_error(overrides, match):
 def test_yaml_configs_in_repo_load():
     root = Path(__file__).parents[1] / "configs"
     found = sorted([*root.glob("offline/*.yaml"), *root.glob("paper/*.yaml")])
-    # Every method has an offline config; extra offline configs are variants of a method (arf-ret, arf-both, arf-cap).
+    # Every method has an offline config; extra offline configs are variants of a method (arf-both, arf-cap).
     assert {p.stem for p in (root / "offline").glob("*.yaml")} >= set(METHOD_NAMES)
     assert {p.stem for p in (root / "paper").glob("*.yaml")} == set(METHOD_NAMES)
     for p in found:
