@@ -30,12 +30,12 @@ def parse_renames(items: list[str]) -> dict[str, str]:
     """``["a=b", "c=d,e=f"]`` → ``{"a": "b", "c": "d", "e": "f"}``; a malformed pair names the flag."""
     renames: dict[str, str] = {}
     for pair in (x.strip() for item in items for x in item.split(",") if x.strip()):
-        old, sep, new = pair.partition("=")
-        if not sep or not old.strip() or not new.strip():
+        old, sep, new = (part.strip() for part in pair.partition("="))
+        if not sep or not old or not new:
             raise ConfigError(f"--rename: {pair!r} must look like OLD=NEW")
-        if old.strip() in renames:
-            raise ConfigError(f"--rename: method {old.strip()!r} is renamed twice")
-        renames[old.strip()] = new.strip()
+        if old in renames:
+            raise ConfigError(f"--rename: method {old!r} is renamed twice")
+        renames[old] = new
     return renames
 
 
