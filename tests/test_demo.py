@@ -101,8 +101,8 @@ def test_demo_rejects_unknown_method(tmp_path: Path) -> None:
 
 
 def test_small_protocol_keeps_its_own_two_epoch_schedule(tmp_path: Path) -> None:
-    # configs/offline holds the full protocol's val choices (16 epochs at lr 1e-4, arf λ_cap 0 and λ_ret 0.3, the
-    # paper's two anchors as arf-both at 0.3 each); the 2-epoch demo
+    # configs/offline holds the full protocol's val choices (16 epochs at lr 1e-4, ft 8 at 3e-4, arf λ_cap 0 and
+    # λ_ret 0.3, the paper's two anchors as arf-both at 0.3 each); the 2-epoch demo
     # chose lr 3e-4 and arf λ 0.1 on val and must train those, while ft / flyp (which refuse anchor weights) get
     # only the shared overrides.
     from arf.demo import load_demo_config, method_config, method_train_overrides
@@ -120,11 +120,11 @@ def test_small_protocol_keeps_its_own_two_epoch_schedule(tmp_path: Path) -> None
     assert (arf_full.epochs, arf_full.lr, arf_full.lambda_cap, arf_full.lambda_ret) == (16, 1e-4, 0.0, 0.3)
     both = load_config(TrainConfig, method_config("arf-both"), [*files, *method_train_overrides(full, "arf-both")])
     assert (both.epochs, both.lr, both.lambda_cap, both.lambda_ret) == (16, 1e-4, 0.3, 0.3)
-    for method in ("ft", "flyp"):
+    for method, schedule in (("ft", (8, 3e-4)), ("flyp", (16, 1e-4))):
         tcfg = load_config(TrainConfig, method_config(method), method_train_overrides(small, method))
         assert (tcfg.epochs, tcfg.lr, tcfg.lambda_cap, tcfg.lambda_ret) == (2, 3e-4, 0.0, 0.0)
         tcfg = load_config(TrainConfig, method_config(method), method_train_overrides(full, method))
-        assert (tcfg.epochs, tcfg.lr) == (16, 1e-4)
+        assert (tcfg.epochs, tcfg.lr) == schedule
 
 
 @pytest.mark.parametrize(("override", "match"), [
