@@ -7,7 +7,7 @@
 #   scripts/offline_variant.sh OUT METHOD NAME [--set key=value ...]
 #   e.g. scripts/offline_variant.sh runs/sweep arf arf-lam0.3-s0 --set lambda_cap=0.3 --set lambda_ret=0.3
 #
-# arf runs get the demo's caption and retrieved-anchor files (DEMO, default runs/demo), like offline_results.sh.
+# arf* runs get the demo's caption and retrieved-anchor files (DEMO, default runs/demo), like offline_results.sh.
 set -euo pipefail
 [ $# -ge 3 ] || { sed -n 2,9p "$0" >&2; exit 2; }
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,11 +17,11 @@ out="$1" method="$2" name="$3"; shift 3
 demo="${DEMO:-$repo/runs/demo}"
 cd "$repo"
 extra=()
-if [ "$method" = arf ]; then
+case "$method" in arf|arf-*)
   caps="$demo/anchors/captions/captions.parquet" anchors="$demo/anchors/retrieved"
   [ -f "$caps" ] && [ -d "$anchors" ] || { echo "no demo anchors under $demo: run ./run demo first" >&2; exit 2; }
-  extra=(--set captions="$caps" --set anchors="$anchors")
-fi
+  extra=(--set captions="$caps" --set anchors="$anchors") ;;
+esac
 mkdir -p "$out"
 if [ ! -f "$out/$name/final/arf.json" ]; then
   echo "[variant] train $name ($(date +%T))" >&2

@@ -24,14 +24,14 @@ def _setup(root: Path, method: str):
     from arf.train.methods import METHODS
 
     kw = {}
-    if method == "arf":
+    if method in ("arf", "arf-ft"):
         kw = {"lambda_cap": 1.0, "lambda_ret": 0.5, "captions": str(root / "captions.parquet"),
               "anchors": str(root / "anchors"), "anchor_batch_size": 4}
     cfg = TrainConfig(method=method, model="arf:tiny-clip", data_root=str(root), batch_size=8, **kw)
     ds = arf.data.get_suite("offline", root).get("train")
     bundle = arf.models.create_model("arf:tiny-clip")
-    caps = read_captions(cfg.captions, ds) if method == "arf" else None
-    anchors = read_anchors(cfg.anchors, root) if method == "arf" else None
+    caps = read_captions(cfg.captions, ds) if cfg.lambda_cap > 0 else None
+    anchors = read_anchors(cfg.anchors, root) if cfg.lambda_ret > 0 else None
     m = METHODS.get(method)(cfg, bundle, ds, caps, anchors)
     phase = m.phases(3)[0]
     m.set_trainable(phase)
@@ -85,7 +85,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-METHODS = ["arf", "ft"]  # contrastive (gather with grad, 3 losses) and cross-entropy (all-reduced count)
+# contrastive (gather with grad, 3 losses), cross-entropy (all-reduced count), and both in one step (arf-ft)
+METHODS = ["arf", "ft", "arf-ft"]
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +116,9 @@ def test_ddp_two_processes_equal_one_process_on_global_batch(ddp_results, method
             # Summation order differs across processes: compare against the tensor's scale, not element-wise.
             err = (got["grads"][n] - g).abs().max().item()
             assert err <= 1e-4 * g.abs().max().item() + 1e-7, (n, err)
-    if method == "arf":
-        assert {"clip_loss", "caption_loss", "anchor_loss", "loss"} <= set(ref["losses0"])
+    if method in ("arf", "arf-ft"):
+        first = "clip_loss" if method == "arf" else "ce_loss"
+        assert {first, "caption_loss", "anchor_loss", "loss"} <= set(ref["losses0"])
 
 
 def test_torchrun_arf_train_end_to_end(tmp_path):

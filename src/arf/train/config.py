@@ -16,7 +16,9 @@ from typing import Any, Literal
 from arf.config import check
 from arf.errors import ConfigError
 
-METHOD_NAMES = ("zeroshot", "lp", "ft", "lpft", "flyp", "arf")
+METHOD_NAMES = ("zeroshot", "lp", "ft", "lpft", "flyp", "arf", "arf-ft")
+# Methods that take anchor losses, and what each is with both weights 0.
+ANCHOR_METHODS = {"arf": "flyp", "arf-ft": "ft"}
 
 
 @dataclass
@@ -121,12 +123,14 @@ class TrainConfig:
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
               f"{self.device!r} is not allowed; choose from auto, cpu, cuda, cuda:N")
-        if self.method == "arf":
+        if self.method in ANCHOR_METHODS:
             check(self.lambda_cap > 0 or self.lambda_ret > 0, "lambda_cap/lambda_ret",
-                  "method arf needs lambda_cap > 0 or lambda_ret > 0 (with both 0 it is flyp; use method: flyp)")
+                  f"method {self.method} needs lambda_cap > 0 or lambda_ret > 0 (with both 0 it is "
+                  f"{ANCHOR_METHODS[self.method]}; use method: {ANCHOR_METHODS[self.method]})")
         else:
             check(self.lambda_cap == 0 and self.lambda_ret == 0, "lambda_cap/lambda_ret",
-                  f"anchor losses are only used by method arf, not {self.method}; set them to 0")
+                  f"anchor losses are only used by methods {', '.join(ANCHOR_METHODS)}, not {self.method}; "
+                  "set them to 0")
         if self.suite == "folder":
             check(bool(self.data_root), "data_root", "suite folder needs data_root (the class-folder root)")
             check(bool(self.folder_classnames and self.folder_templates), "folder_classnames/folder_templates",

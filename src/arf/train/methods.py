@@ -1,4 +1,5 @@
-"""Finetuning methods: ``zeroshot``, ``lp``, ``ft``, ``lpft``, ``flyp``, ``arf`` (one registry, one trainer).
+"""Finetuning methods: ``zeroshot``, ``lp``, ``ft``, ``lpft``, ``flyp``, ``arf``, ``arf-ft`` (one registry, one
+trainer).
 
 A method decides which parameters train in which phase, what a step's forward pass encodes and which losses it
 returns (a dict of named rank losses plus ``loss``, their weighted sum). Everything trainable lives in one
@@ -314,9 +315,48 @@ class Method:
             out.append(t[k].replace("{c}", "{}").format(self.ds.classnames[y]))
         return out
 
+    def anchor_texts(self, batch: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """The step's captions (images without one are marked in ``batch["has_caption"]``) and anchor texts."""
+        caps: list[str] = []
+        if self.cfg.lambda_cap > 0:
+            assert self.captions is not None
+            row = [self.captions[i] for i in batch["indices"].tolist()]
+            batch["has_caption"] = torch.tensor([c is not None for c in row], dtype=torch.bool)
+            caps = [c for c in row if c is not None]
+        anchor_texts: list[str] = []
+        if self.cfg.lambda_ret > 0 and "anchor_indices" in batch:
+            assert self.anchors is not None
+            anchor_texts = [self.anchors.texts[i] for i in batch["anchor_indices"].tolist()]
+        return caps, anchor_texts
+
     def losses(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int, phase: Phase
                ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def anchor_terms(cfg: TrainConfig, result: dict[str, torch.Tensor], total: torch.Tensor,
+                 batch: dict[str, torch.Tensor], img: torch.Tensor, n_img: int, t_cap: torch.Tensor,
+                 t_anchor: torch.Tensor, texts: list[str], sizes: list[int], scale: torch.Tensor
+                 ) -> dict[str, torch.Tensor]:
+    """Add ARF's two anchor losses to a step's ``result`` and its weighted sum ``loss``.
+
+    ``img``: the finetuning images' embeddings (first ``n_img`` rows) then the anchor images'; ``texts`` / ``sizes``:
+    the step's text pass (class prompts, captions, anchor texts) and how many of each.
+    """
+    dev = img.device
+    if cfg.lambda_cap > 0:
+        has = batch["has_caption"].to(dev)
+        caps = texts[sizes[0]:sizes[0] + sizes[1]]
+        cap = contrastive_loss(img[:n_img][has], t_cap, scale, text_groups(caps).to(dev), cfg.duplicates)
+        result["caption_loss"] = cap
+        total = total + cfg.lambda_cap * cap
+    if cfg.lambda_ret > 0:
+        atexts = texts[sizes[0] + sizes[1]:]
+        anc = contrastive_loss(img[n_img:], t_anchor, scale, text_groups(atexts).to(dev), cfg.duplicates)
+        result["anchor_loss"] = anc
+        total = total + cfg.lambda_ret * anc
+    result["loss"] = total
+    return result
 
 
 @METHODS.register("zeroshot")
@@ -403,21 +443,7 @@ class Flyp(Method):
         labels = batch["labels"].to(dev)
         groups = labels if cfg.duplicates == "multi_positive" else None
         clip = contrastive_loss(img[:n_img], t_prompt, scale, groups, cfg.duplicates)
-        result = {"clip_loss": clip}
-        total = clip
-        if cfg.lambda_cap > 0:
-            has = batch["has_caption"].to(dev)
-            caps = texts[sizes[0]:sizes[0] + sizes[1]]
-            cap = contrastive_loss(img[:n_img][has], t_cap, scale, text_groups(caps).to(dev), cfg.duplicates)
-            result["caption_loss"] = cap
-            total = total + cfg.lambda_cap * cap
-        if cfg.lambda_ret > 0:
-            atexts = texts[sizes[0] + sizes[1]:]
-            anc = contrastive_loss(img[n_img:], t_anchor, scale, text_groups(atexts).to(dev), cfg.duplicates)
-            result["anchor_loss"] = anc
-            total = total + cfg.lambda_ret * anc
-        result["loss"] = total
-        return result
+        return anchor_terms(cfg, {"clip_loss": clip}, clip, batch, img, n_img, t_cap, t_anchor, texts, sizes, scale)
 
 
 @METHODS.register("arf")
@@ -428,14 +454,39 @@ class Arf(Flyp):
 
     def texts(self, batch, step):
         prompts = self.prompts(batch["labels"], batch["indices"], step)
-        caps: list[str] = []
-        if self.cfg.lambda_cap > 0:
-            assert self.captions is not None
-            row = [self.captions[i] for i in batch["indices"].tolist()]
-            batch["has_caption"] = torch.tensor([c is not None for c in row], dtype=torch.bool)
-            caps = [c for c in row if c is not None]
-        anchor_texts: list[str] = []
-        if self.cfg.lambda_ret > 0 and "anchor_indices" in batch:
-            assert self.anchors is not None
-            anchor_texts = [self.anchors.texts[i] for i in batch["anchor_indices"].tolist()]
+        caps, anchor_texts = self.anchor_texts(batch)
         return prompts + caps + anchor_texts, [len(prompts), len(caps), len(anchor_texts)]
+
+
+@METHODS.register("arf-ft")
+class ArfFt(FineTune):
+    """ARF's anchors on WiSE-FT's objective: cross-entropy through the image tower and a zero-shot-initialised
+    head, + λ_cap · contrastive(image, its caption) + λ_ret · contrastive(retrieved image, its text).
+
+    Not the paper's formulation (it adds the anchors to FLYP's contrastive loss). The text tower stays frozen, as in
+    ft, and is what the zero-shot classifier is read from, so the anchor terms hold the image tower to the space
+    it is read in while the head fits the task; the contrastive scale is the base's (frozen) ``logit_scale``.
+    """
+
+    name = "arf-ft"
+
+    def losses(self, module, batch, step, phase):
+        cfg = self.cfg
+        self.drop_unreadable(batch, phase)
+        caps, anchor_texts = self.anchor_texts(batch)
+        texts, sizes = caps + anchor_texts, [0, len(caps), len(anchor_texts)]
+        n_img = int(batch["labels"].shape[0])
+        dev = batch["labels"].device
+        inputs = self.image_inputs(batch, phase)
+        if texts:
+            token_groups, restore = length_groups(self.bundle.tokenizer(texts), self.pad_id, self.max_text_groups)
+            out = module(texts=[g.to(dev) for g in token_groups], **inputs)
+            txt = out["text"] if restore is None else out["text"][restore.to(dev)]
+        else:
+            out = module(**inputs)
+            txt = out["image"].new_zeros(0, out["image"].shape[1])
+        ce = classification_loss(out["logits"][:n_img], batch["labels"])
+        _, t_cap, t_anchor = torch.split(txt, sizes)
+        scale = self.module.model.logit_scale.detach().exp()
+        return anchor_terms(cfg, {"ce_loss": ce}, ce, batch, out["image"], n_img, t_cap, t_anchor, texts, sizes,
+                            scale)
