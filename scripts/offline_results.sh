@@ -6,7 +6,8 @@
 #
 #   scripts/offline_results.sh [OUT=runs/offline-results] [SEEDS="0 1 2"]
 #   ALPHAS=0.25,0.5,0.75 (default; "" skips WiSE-FT)  NPROC=2  DEMO=runs/demo
-#   TOWER_METHODS="ft flyp arf" (default; add arf-both arf-cap for the anchor ablations)
+#   TOWER_METHODS="ft flyp arf" (default; add arf-both arf-cap for the anchor ablations, arf-ft for the anchors on
+#   FT's loss)
 #
 # ft / flyp / arf (and any other TOWER_METHODS) train under `torchrun --nproc_per_node $NPROC` (default 2: global batch 64 = 2 × 32);
 # zeroshot, lp and lpft in one process. A run whose final/ exists is not trained again (delete it to redo);
