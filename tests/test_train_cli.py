@@ -28,7 +28,7 @@ def test_arf_train_every_method(bench, tmp_path, method):
     cfg.write_text(yaml.safe_dump({"model": "arf:tiny-clip", "data_root": str(bench), "batch_size": 8,
                                    "max_steps": 2, "lr": 1e-4, "lp_epochs": 0.5, "progress": False}))
     extra = []
-    if method in ("arf", "arf-ft"):
+    if method in ("arf", "arf-ft", "arf-lpft"):
         extra = ["--set", f"captions={bench / 'captions.parquet'}", "--set", f"anchors={bench / 'anchors'}",
                  "--set", "lambda_cap=1", "--set", "lambda_ret=0.5", "--set", "anchor_batch_size=4"]
     rc = main(["train", "--config", str(cfg), "--method", method, "--out-dir", str(tmp_path / "runs"), *extra])
@@ -40,7 +40,7 @@ def test_arf_train_every_method(bench, tmp_path, method):
     assert saved["method"] == method and saved["batch_size"] == 8
     meta = json.loads((final / "arf.json").read_text())
     assert meta["train"]["method"] == method
-    if method in ("lp", "ft", "lpft", "arf-ft"):
+    if method in ("lp", "ft", "lpft", "arf-ft", "arf-lpft"):
         head = load_file(str(final / "head.safetensors"))
         assert head["weight"].shape[0] == len(NAMES) and head["bias"].shape == (len(NAMES),)
         assert meta["head"]["classnames"] == NAMES
@@ -51,12 +51,16 @@ def test_arf_train_every_method(bench, tmp_path, method):
         return
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]
-    keys = {"arf": {"clip_loss", "caption_loss", "anchor_loss"}, "arf-ft": {"ce_loss", "caption_loss", "anchor_loss"},
+    anchored = {"ce_loss", "caption_loss", "anchor_loss"}
+    keys = {"arf": {"clip_loss", "caption_loss", "anchor_loss"}, "arf-ft": anchored, "arf-lpft": anchored,
             "flyp": {"clip_loss"}}.get(method, {"ce_loss"})
-    assert keys | {"loss", "lr", "img_per_s", "grad_norm"} <= set(lines[0])
+    # Two-phase methods log their probe step first; the last step is the fine-tuning phase's.
+    assert keys | {"loss", "lr", "img_per_s", "grad_norm"} <= set(lines[-1])
+    if method == "arf-lpft":
+        assert lines[0]["phase"] == "lp" and "anchor_loss" not in lines[0]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in lines)
-    if method in ("arf", "arf-ft"):
-        r = lines[0]
+    if method in ("arf", "arf-ft", "arf-lpft"):
+        r = lines[-1]
         first = r["clip_loss"] if method == "arf" else r["ce_loss"]
         assert r["loss"] == pytest.approx(first + r["caption_loss"] + 0.5 * r["anchor_loss"], rel=1e-4)
     # Every method but lp moves the encoder; lp keeps it and trains only its head.
@@ -69,7 +73,7 @@ def test_arf_train_every_method(bench, tmp_path, method):
     # The head methods keep the text tower (the zero-shot classifier) and its scale exactly the base's: arf-ft's
     # anchor losses pull the image tower towards it, never the other way.
     text_same = all(torch.equal(trained[k], base[k]) for k in trained if not k.startswith("visual."))
-    assert text_same == (method in ("lp", "ft", "lpft", "arf-ft", "zeroshot"))
+    assert text_same == (method in ("lp", "ft", "lpft", "arf-ft", "arf-lpft", "zeroshot"))
 
 def test_arf_train_bad_config_exits_2(tmp_path, capsys):
     rc = main(["train", "--method", "arf", "--set", "lambda_cap=-1", "--out-dir", str(tmp_path)])

@@ -18,12 +18,14 @@ def test_method_names_match_registry():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["method=sgd"], r"method: unknown method 'sgd'; choose from zeroshot, lp, ft, lpft, flyp, arf, arf-ft"),
+    (["method=sgd"], r"method: unknown method 'sgd'; choose from zeroshot, lp, ft, lpft, flyp, arf, arf-ft, arf-lpft"),
     (["method=arf", "lambda_cap=-1"], r"lambda_cap: must be >= 0, got -1"),
     (["lr=-0.1"], r"lr: must be >= 0"),
     (["method=arf", "lambda_ret=1", "anchors=/nonexistent/anchors"], r"anchors: file not found: .*`arf retrieve`"),
     (["method=arf", "lambda_cap=1"], r"captions: not set; lambda_cap > 0 needs a captions parquet"),
-    (["method=flyp", "lambda_cap=1"], r"lambda_cap/lambda_ret: anchor losses are only used by methods arf, arf-ft"),
+    (["method=flyp", "lambda_cap=1"],
+     r"lambda_cap/lambda_ret: anchor losses are only used by methods arf, arf-ft, arf-lpft, not flyp"),
+    (["method=arf-lpft"], r"method arf-lpft needs lambda_cap > 0 or lambda_ret > 0 \(with both 0 it is lpft"),
     (["method=arf"], r"method arf needs lambda_cap > 0 or lambda_ret > 0 \(with both 0 it is flyp"),
     (["method=arf-ft"], r"method arf-ft needs lambda_cap > 0 or lambda_ret > 0 \(with both 0 it is ft"),
     (["batch_size=10", "accum_steps=3"], r"batch_size: 10 is not divisible by accum_steps=3"),

@@ -28,7 +28,7 @@ ROLE_ORDER = EVAL_ROLES  # display order of the set columns
 # is the retrieved-anchors-only ablation's name before it became arf's val choice, in older records); any
 # other name (a variant, a user's method) follows in the order it was recorded. Without a fixed order a report's
 # rows and its plots' colours depended on which run happened to be evaluated first.
-METHOD_ORDER = ("zeroshot", "lp", "lpft", "ft", "flyp", "arf", "arf-both", "arf-cap", "arf-ret", "arf-ft")
+METHOD_ORDER = ("zeroshot", "lp", "lpft", "ft", "flyp", "arf", "arf-both", "arf-cap", "arf-ret", "arf-ft", "arf-lpft")
 
 
 def order_methods(names: Iterable[str]) -> list[str]:

@@ -1,5 +1,5 @@
-"""Finetuning methods: ``zeroshot``, ``lp``, ``ft``, ``lpft``, ``flyp``, ``arf``, ``arf-ft`` (one registry, one
-trainer).
+"""Finetuning methods: ``zeroshot``, ``lp``, ``ft``, ``lpft``, ``flyp``, ``arf``, ``arf-ft``, ``arf-lpft`` (one
+registry, one trainer).
 
 A method decides which parameters train in which phase, what a step's forward pass encodes and which losses it
 returns (a dict of named rank losses plus ``loss``, their weighted sum). Everything trainable lives in one
@@ -490,3 +490,23 @@ class ArfFt(FineTune):
         scale = self.module.model.logit_scale.detach().exp()
         return anchor_terms(cfg, {"ce_loss": ce}, ce, batch, out["image"], n_img, t_cap, t_anchor, texts, sizes,
                             scale)
+
+
+@METHODS.register("arf-lpft")
+class ArfLpFt(ArfFt):
+    """LP-FT with ARF's anchors in its fine-tuning phase: the linear probe first, without anchors (the image tower
+    is frozen then, so they would train nothing), then ``arf-ft`` from the probed head. Not the paper's formulation.
+    """
+
+    name = "arf-lpft"
+    phases = LpFt.phases
+
+    def needs(self, phase):
+        if phase.name == "lp":
+            return (not self.uses_cached_features(phase), None)
+        return super().needs(phase)
+
+    def losses(self, module, batch, step, phase):
+        if phase.name == "lp":
+            return FineTune.losses(self, module, batch, step, phase)
+        return super().losses(module, batch, step, phase)
