@@ -264,9 +264,9 @@ class Method:
     def needs(self, phase: Phase) -> tuple[bool, str | None]:
         """(load finetuning pixels, anchors: ``"a"`` their pixels, ``"i"`` their indices only, None) for a step."""
         cached = self.uses_cached_features(phase) or self.uses_cached_acts(phase)
-        if self.cfg.lambda_ret <= 0:
+        if self.cfg.lambda_ret <= 0 or phase.name == "lp":  # a probe's step has no anchor term
             return (not cached, None)
-        return (not cached, "i" if self.anchor_acts is not None and phase.name != "lp" else "a")
+        return (not cached, "i" if self.anchor_acts is not None else "a")
 
     def drop_unreadable(self, batch: dict[str, torch.Tensor], phase: Phase) -> None:
         """Rows served from a cache (no pixels in the batch) whose image could not be read leave the batch.
@@ -328,6 +328,24 @@ class Method:
             assert self.anchors is not None
             anchor_texts = [self.anchors.texts[i] for i in batch["anchor_indices"].tolist()]
         return caps, anchor_texts
+
+    def encode_step(self, module: nn.Module, batch: dict[str, torch.Tensor], phase: Phase, texts: list[str]
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The step's one forward: its images (pixels or cached activations) and ``texts`` in length groups.
+
+        Returns the module's outputs and the text embeddings in the order of ``texts`` (empty when there are none).
+        """
+        dev = batch["labels"].device
+        inputs = self.image_inputs(batch, phase)
+        if not texts:
+            out = module(**inputs)
+            return out, out["image"].new_zeros(0, out["image"].shape[1])
+        token_groups, restore = length_groups(self.bundle.tokenizer(texts), self.pad_id, self.max_text_groups)
+        out = module(texts=[g.to(dev) for g in token_groups], **inputs)
+        txt = out["text"]
+        if restore is not None:  # the groups were sorted by length: rows back in the order of ``texts``
+            txt = txt[restore.to(dev)]
+        return out, txt
 
     def losses(self, module: nn.Module, batch: dict[str, torch.Tensor], step: int, phase: Phase
                ) -> dict[str, torch.Tensor]:
@@ -434,11 +452,8 @@ class Flyp(Method):
         texts, sizes = self.texts(batch, step)
         n_img = int(batch["labels"].shape[0])
         dev = batch["labels"].device
-        token_groups, restore = length_groups(self.bundle.tokenizer(texts), self.pad_id, self.max_text_groups)
-        out = module(texts=[g.to(dev) for g in token_groups], **self.image_inputs(batch, phase))
-        img, txt, scale = out["image"], out["text"], out["scale"]
-        if restore is not None:  # the groups were sorted by length: rows back in the order of ``texts``
-            txt = txt[restore.to(dev)]
+        out, txt = self.encode_step(module, batch, phase, texts)
+        img, scale = out["image"], out["scale"]
         t_prompt, t_cap, t_anchor = torch.split(txt, sizes)
         labels = batch["labels"].to(dev)
         groups = labels if cfg.duplicates == "multi_positive" else None
@@ -471,20 +486,14 @@ class ArfFt(FineTune):
     name = "arf-ft"
 
     def losses(self, module, batch, step, phase):
+        if phase.name == "lp":  # arf-lpft's probe: the head alone on cached features, nothing for anchors to train
+            return super().losses(module, batch, step, phase)
         cfg = self.cfg
         self.drop_unreadable(batch, phase)
         caps, anchor_texts = self.anchor_texts(batch)
         texts, sizes = caps + anchor_texts, [0, len(caps), len(anchor_texts)]
         n_img = int(batch["labels"].shape[0])
-        dev = batch["labels"].device
-        inputs = self.image_inputs(batch, phase)
-        if texts:
-            token_groups, restore = length_groups(self.bundle.tokenizer(texts), self.pad_id, self.max_text_groups)
-            out = module(texts=[g.to(dev) for g in token_groups], **inputs)
-            txt = out["text"] if restore is None else out["text"][restore.to(dev)]
-        else:
-            out = module(**inputs)
-            txt = out["image"].new_zeros(0, out["image"].shape[1])
+        out, txt = self.encode_step(module, batch, phase, texts)
         ce = classification_loss(out["logits"][:n_img], batch["labels"])
         _, t_cap, t_anchor = torch.split(txt, sizes)
         scale = self.module.model.logit_scale.detach().exp()
@@ -500,13 +509,3 @@ class ArfLpFt(ArfFt):
 
     name = "arf-lpft"
     phases = LpFt.phases
-
-    def needs(self, phase):
-        if phase.name == "lp":
-            return (not self.uses_cached_features(phase), None)
-        return super().needs(phase)
-
-    def losses(self, module, batch, step, phase):
-        if phase.name == "lp":
-            return FineTune.losses(self, module, batch, step, phase)
-        return super().losses(module, batch, step, phase)
