@@ -79,3 +79,15 @@ def test_arf_train_bad_config_exits_2(tmp_path, capsys):
     rc = main(["train", "--method", "arf", "--set", "lambda_cap=-1", "--out-dir", str(tmp_path)])
     assert rc == 2
     assert "lambda_cap: must be >= 0" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_registered_method(capsys, monkeypatch):
+    # The help is built from arf.methods.METHOD_NAMES (torch-free); a method registered without a name there
+    # would be trainable but missing from `arf train --help` and rejected by the config's validation.
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at hyphens: "arf-" / "lpft" on a narrow terminal
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in METHODS.names():
+        assert name in text, name
+    assert " | ".join(("zeroshot", "lp", "ft")) in text

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from arf.methods import METHOD_NAMES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands."""
-    p = sub.add_parser("train", help="finetune a CLIP-like model (zeroshot, lp, ft, lpft, flyp, arf, arf-ft, arf-lpft)",
+    p = sub.add_parser("train", help=f"finetune a CLIP-like model ({', '.join(METHOD_NAMES)})",
                        description="Train with a YAML config (configs/offline/<method>.yaml); flags and --set "
                        "override its fields. Writes config.yaml, metrics.jsonl, checkpoints/ and final/ in "
                        "out_dir/name.")
     p.add_argument("--config", help="YAML file with TrainConfig fields")
-    p.add_argument("--method", help="zeroshot | lp | ft | lpft | flyp | arf | arf-ft | arf-lpft")
+    p.add_argument("--method", help=" | ".join(METHOD_NAMES))
     p.add_argument("--model", help="model id or checkpoint folder (arf:mini-clip, openclip:ViT-B-16@openai, ...)")
     p.add_argument("--out-dir", dest="out_dir", help="parent folder of the run folder")
     p.add_argument("--name", help="run folder name (default: the method)")

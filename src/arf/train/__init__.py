@@ -1,5 +1,4 @@
-"""Training: one trainer for every method (zeroshot, lp, ft, lpft, flyp, arf, arf-ft,
-arf-lpft), DDP, exact resume.
+"""Training: one trainer for every method (names in :data:`arf.methods.METHOD_NAMES`), DDP, exact resume.
 
 ``train(TrainConfig) -> run_dir``; see :mod:`arf.train.loop` for the run folder layout and
 :mod:`arf.train.losses` for the loss definitions.

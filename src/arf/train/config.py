@@ -15,10 +15,7 @@ from typing import Any, Literal
 
 from arf.config import check
 from arf.errors import ConfigError
-
-METHOD_NAMES = ("zeroshot", "lp", "ft", "lpft", "flyp", "arf", "arf-ft", "arf-lpft")
-# Methods that take anchor losses, and what each is with both weights 0.
-ANCHOR_METHODS = {"arf": "flyp", "arf-ft": "ft", "arf-lpft": "lpft"}
+from arf.methods import ANCHOR_METHODS, METHOD_NAMES
 
 
 @dataclass
