@@ -352,24 +352,26 @@ class Method:
         raise NotImplementedError
 
 
-def anchor_terms(cfg: TrainConfig, result: dict[str, torch.Tensor], total: torch.Tensor,
-                 batch: dict[str, torch.Tensor], img: torch.Tensor, n_img: int, t_cap: torch.Tensor,
-                 t_anchor: torch.Tensor, texts: list[str], sizes: list[int], scale: torch.Tensor
-                 ) -> dict[str, torch.Tensor]:
-    """Add ARF's two anchor losses to a step's ``result`` and its weighted sum ``loss``.
+def anchor_terms(cfg: TrainConfig, objective: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                 img: torch.Tensor, n_img: int, captions: tuple[list[str], torch.Tensor],
+                 anchors: tuple[list[str], torch.Tensor], scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The method's own ``objective`` ({name: loss}) plus ARF's two anchor losses, and ``loss``, their weighted sum.
 
-    ``img``: the finetuning images' embeddings (first ``n_img`` rows) then the anchor images'; ``texts`` / ``sizes``:
-    the step's text pass (class prompts, captions, anchor texts) and how many of each.
+    ``img``: the finetuning images' embeddings (first ``n_img`` rows) then the anchor images'; ``captions`` /
+    ``anchors``: the step's caption texts / anchor texts and their embeddings. The texts give the contrastive
+    groups: identical texts are one positive set, not each other's negatives.
     """
     dev = img.device
+    result = dict(objective)
+    total = sum(objective.values())
     if cfg.lambda_cap > 0:
+        caps, t_cap = captions
         has = batch["has_caption"].to(dev)
-        caps = texts[sizes[0]:sizes[0] + sizes[1]]
         cap = contrastive_loss(img[:n_img][has], t_cap, scale, text_groups(caps).to(dev), cfg.duplicates)
         result["caption_loss"] = cap
         total = total + cfg.lambda_cap * cap
     if cfg.lambda_ret > 0:
-        atexts = texts[sizes[0] + sizes[1]:]
+        atexts, t_anchor = anchors
         anc = contrastive_loss(img[n_img:], t_anchor, scale, text_groups(atexts).to(dev), cfg.duplicates)
         result["anchor_loss"] = anc
         total = total + cfg.lambda_ret * anc
@@ -458,7 +460,9 @@ class Flyp(Method):
         labels = batch["labels"].to(dev)
         groups = labels if cfg.duplicates == "multi_positive" else None
         clip = contrastive_loss(img[:n_img], t_prompt, scale, groups, cfg.duplicates)
-        return anchor_terms(cfg, {"clip_loss": clip}, clip, batch, img, n_img, t_cap, t_anchor, texts, sizes, scale)
+        caps = texts[sizes[0]:sizes[0] + sizes[1]]
+        return anchor_terms(cfg, {"clip_loss": clip}, batch, img, n_img, (caps, t_cap),
+                            (texts[sizes[0] + sizes[1]:], t_anchor), scale)
 
 
 @METHODS.register("arf")
@@ -491,13 +495,12 @@ class ArfFt(FineTune):
         cfg = self.cfg
         self.drop_unreadable(batch, phase)
         caps, anchor_texts = self.anchor_texts(batch)
-        texts, sizes = caps + anchor_texts, [0, len(caps), len(anchor_texts)]
         n_img = int(batch["labels"].shape[0])
-        out, txt = self.encode_step(module, batch, phase, texts)
+        out, txt = self.encode_step(module, batch, phase, caps + anchor_texts)
         ce = classification_loss(out["logits"][:n_img], batch["labels"])
-        _, t_cap, t_anchor = torch.split(txt, sizes)
+        t_cap, t_anchor = torch.split(txt, [len(caps), len(anchor_texts)])
         scale = self.module.model.logit_scale.detach().exp()
-        return anchor_terms(cfg, {"ce_loss": ce}, ce, batch, out["image"], n_img, t_cap, t_anchor, texts, sizes,
+        return anchor_terms(cfg, {"ce_loss": ce}, batch, out["image"], n_img, (caps, t_cap), (anchor_texts, t_anchor),
                             scale)
 
 
