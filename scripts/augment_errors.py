@@ -23,7 +23,7 @@ import torch
 
 from arf.data import get_suite
 from arf.data.offline.render import TRAIN_BACKGROUNDS, TrainLook, job_seed, train_look
-from arf.errors import ConfigError, InputFileError
+from arf.errors import ArfError, InputFileError
 from arf.evaluate.runner import model_tag, predict_set
 from arf.evaluate.zeroshot import load_trained_head
 from arf.io import read_json
@@ -59,10 +59,7 @@ def bin_label(value: float, edges: list[float] | None) -> str:
 
 def augment_errors(models: list[str], sets: list[str], data_root: str | None = None) -> str:
     suite_ = get_suite("offline", data_root)
-    try:
-        by_name = {n: suite_.get(n) for n in sets}
-    except ConfigError as e:  # the suite's own "choose from" message, said as the flag's
-        raise SystemExit(f"--sets: {e}") from None
+    by_name = suite_.select(sets, "--sets")
     root = Path(by_name[sets[0]].root)
     seed, size = build_identity(root)
     # (set, row) → the draw that rendered the image
@@ -116,8 +113,11 @@ def main() -> None:
     ap.add_argument("--data-root", help="the offline benchmark's folder (default: where `arf data build` puts it)")
     ap.add_argument("--sets", default="val,id", help="comma-separated sets rendered in the finetuning style")
     args = ap.parse_args()
-    with torch.no_grad():
-        print(augment_errors(args.models, [s for s in args.sets.split(",") if s], args.data_root))
+    try:
+        with torch.no_grad():
+            print(augment_errors(args.models, [s for s in args.sets.split(",") if s], args.data_root))
+    except ArfError as e:  # one line naming the flag or file, as `arf` itself says it
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from collections import Counter
 import torch
 
 from arf.data import get_suite
-from arf.errors import ConfigError
+from arf.errors import ArfError
 from arf.evaluate.runner import predict_set
 from arf.evaluate.zeroshot import load_trained_head
 from arf.models import create_model
@@ -28,10 +28,7 @@ def confusions(model: str, suite: str, sets: list[str], top: int = 10, data_root
     bundle = create_model(model)
     trained = load_trained_head(model)  # None for a model id
     suite_ = get_suite(suite, data_root)
-    try:
-        by_name = {n: suite_.get(n) for n in sets}
-    except ConfigError as e:  # the suite's own "choose from" message, said as the flag's
-        raise SystemExit(f"--sets: {e}") from None
+    by_name = suite_.select(sets, "--sets")
     lines = [f"# {model}", ""]
     for name in sets:
         ds = by_name[name]
@@ -60,8 +57,11 @@ def main() -> None:
     ap.add_argument("--sets", default="val,id", help="comma-separated set names of the suite")
     ap.add_argument("--top", type=int, default=10, help="how many pairs and classes to list")
     args = ap.parse_args()
-    with torch.no_grad():
-        print(confusions(args.model, args.suite, [s for s in args.sets.split(",") if s], args.top, args.data_root))
+    try:
+        with torch.no_grad():
+            print(confusions(args.model, args.suite, [s for s in args.sets.split(",") if s], args.top, args.data_root))
+    except ArfError as e:  # one line naming the flag or file, as `arf` itself says it
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ def test_suite_get_and_by_role():
     assert s.get("b") is b and s.by_role("id") == [a] and s.names() == ["a", "b"]
     with pytest.raises(ConfigError, match="suite 'demo' has no set 'c'; choose from a, b"):
         s.get("c")
+    assert s.select(["b", "a"]) == {"b": b, "a": a}
+    with pytest.raises(ConfigError, match=r"^--sets: suite 'demo' has no set 'c'; choose from a, b$"):
+        s.select(["a", "c"], "--sets")
 
 
 def test_class_folders_order_count_and_empty_folder(tmp_path, caplog):

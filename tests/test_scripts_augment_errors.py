@@ -6,19 +6,20 @@ import json
 import re
 import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from arf.errors import InputFileError
+from arf.errors import ConfigError, InputFileError
 from test_data_offline import tiny  # noqa: F401  (fixture)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "augment_errors.py"
 CELL = re.compile(r"([\d.]+) \((\d+)/(\d+)\)")
 
 
-def test_error_rates_by_draw_count_every_image_once_per_factor(tiny, tmp_path):  # noqa: F811
+def test_error_rates_by_draw_count_every_image_once_per_factor(tiny, tmp_path, monkeypatch):  # noqa: F811
     ns = runpy.run_path(str(SCRIPT))
 
     sizes = {n: pq.read_table(tiny / f"{n}.parquet").num_rows for n in ("val", "id")}
@@ -58,5 +59,10 @@ def test_error_rates_by_draw_count_every_image_once_per_factor(tiny, tmp_path): 
     (plain / "manifest.json").write_text(json.dumps(meta))
     with pytest.raises(InputFileError, match=r"manifest.json: no build config"):
         ns["augment_errors"](["arf:tiny-clip"], ["val"], data_root=str(plain))
-    with pytest.raises(SystemExit, match=r"--sets: suite 'offline' has no set 'nope'; choose from "):
+    with pytest.raises(ConfigError, match=r"--sets: suite 'offline' has no set 'nope'; choose from "):
         ns["augment_errors"](["arf:tiny-clip"], ["nope"], data_root=str(tiny))
+    # As a program: the same message on one line, no traceback.
+    argv = ["augment_errors.py", "arf:tiny-clip", "--sets", "nope", "--data-root", str(tiny)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match=r"^error: --sets: suite 'offline' has no set 'nope'; choose from "):
+        runpy.run_path(str(SCRIPT), run_name="__main__")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from arf.errors import ConfigError
 from test_evaluate_cli import bench, finetuned  # noqa: F401  (fixtures)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "confusions.py"
@@ -26,5 +27,5 @@ def test_confusions_lists_every_error_with_the_head_arf_eval_would_use(bench, fi
         pairs = [int(x) for x in re.findall(r"^\| .+ → .+ \| (\d+) \|$", block, flags=re.M)]
         assert sum(pairs) == errors  # top=100 lists every pair
         assert classes <= min(errors, total)
-    with pytest.raises(SystemExit, match=r"--sets: suite '[^']+' has no set 'nope'; choose from train, idv, sh, zs"):
+    with pytest.raises(ConfigError, match=r"--sets: suite '[^']+' has no set 'nope'; choose from train, idv, sh, zs"):
         confusions(str(finetuned), "offline", ["nope"], data_root=str(bench))

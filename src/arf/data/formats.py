@@ -152,6 +152,14 @@ class Suite:
                 return s
         raise ConfigError(f"suite {self.name!r} has no set {name!r}; choose from {', '.join(self.names())}")
 
+    def select(self, names: list[str], field: str = "sets") -> dict[str, LabeledSet]:
+        """The sets ``names`` by name; an unknown one is a :class:`ConfigError` for ``field`` (the flag or config
+        key the names came from) with the suite's choices."""
+        try:
+            return {n: self.get(n) for n in names}
+        except ConfigError as e:
+            raise ConfigError(f"{field}: {e}") from None
+
     def by_role(self, role: str) -> list[LabeledSet]:
         return [s for s in self.sets if s.role == role]
 
