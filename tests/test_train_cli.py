@@ -82,7 +82,7 @@ def test_arf_train_bad_config_exits_2(tmp_path, capsys):
 
 
 def test_train_help_lists_every_registered_method(capsys, monkeypatch):
-    # The help is built from arf.methods.METHOD_NAMES (torch-free); a method registered without a name there
+    # The help is built from arf.method_names.METHOD_NAMES (torch-free); a method registered without a name there
     # would be trainable but missing from `arf train --help` and rejected by the config's validation.
     monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at hyphens: "arf-" / "lpft" on a narrow terminal
     with pytest.raises(SystemExit):

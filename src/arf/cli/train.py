@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from arf.methods import METHOD_NAMES
+from arf.method_names import METHOD_NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""Training: one trainer for every method (names in :data:`arf.methods.METHOD_NAMES`), DDP, exact resume.
+"""Training: one trainer for every method (names in :data:`arf.method_names.METHOD_NAMES`), DDP, exact resume.
 
 ``train(TrainConfig) -> run_dir``; see :mod:`arf.train.loop` for the run folder layout and
 :mod:`arf.train.losses` for the loss definitions.

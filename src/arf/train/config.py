@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from arf.config import check
 from arf.errors import ConfigError
-from arf.methods import ANCHOR_METHODS, METHOD_NAMES
+from arf.method_names import ANCHOR_METHODS, METHOD_NAMES
 
 
 @dataclass
