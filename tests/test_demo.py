@@ -102,7 +102,7 @@ def test_demo_rejects_unknown_method(tmp_path: Path) -> None:
 
 def test_small_protocol_keeps_its_own_two_epoch_schedule(tmp_path: Path) -> None:
     # configs/offline holds the full protocol's val choices (16 epochs at lr 1e-4, ft 8 at 3e-4, arf λ_cap 0 and
-    # λ_ret 0.3, the paper's two anchors as arf-both at 0.3 each); the 2-epoch demo
+    # λ_ret 0.5, the paper's two anchors as arf-both at 0.3 each); the 2-epoch demo
     # chose lr 3e-4 and arf λ 0.1 on val and must train those, while ft / flyp (which refuse anchor weights) get
     # only the shared overrides.
     from arf.demo import load_demo_config, method_config, method_train_overrides
@@ -117,7 +117,7 @@ def test_small_protocol_keeps_its_own_two_epoch_schedule(tmp_path: Path) -> None
     arf_small = load_config(TrainConfig, method_config("arf"), [*files, *method_train_overrides(small, "arf")])
     assert (arf_small.epochs, arf_small.lr, arf_small.lambda_cap, arf_small.lambda_ret) == (2, 3e-4, 0.1, 0.1)
     arf_full = load_config(TrainConfig, method_config("arf"), [*files, *method_train_overrides(full, "arf")])
-    assert (arf_full.epochs, arf_full.lr, arf_full.lambda_cap, arf_full.lambda_ret) == (16, 1e-4, 0.0, 0.3)
+    assert (arf_full.epochs, arf_full.lr, arf_full.lambda_cap, arf_full.lambda_ret) == (16, 1e-4, 0.0, 0.5)
     both = load_config(TrainConfig, method_config("arf-both"), [*files, *method_train_overrides(full, "arf-both")])
     assert (both.epochs, both.lr, both.lambda_cap, both.lambda_ret) == (16, 1e-4, 0.3, 0.3)
     arf_ft = load_config(TrainConfig, method_config("arf-ft"), [*files, *method_train_overrides(full, "arf-ft")])
