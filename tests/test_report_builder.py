@@ -13,7 +13,7 @@ from arf.cli import main
 from arf.errors import InputFileError
 from arf.evaluate import Record, append_records
 from arf.report import build_report, collect_records, rename_methods, select_methods
-from arf.report.plots import curve_points, style_index, sweep_line
+from arf.report.plots import curve_points, style_color, style_index, sweep_line
 from arf.report.tables import METHOD_ORDER, build_table, to_markdown
 
 SETS = {"idset": "id", "s1": "shift", "s2": "shift", "z1": "zeroshot", "z2": "zeroshot", "v": "val"}
@@ -106,6 +106,10 @@ def test_methods_keep_one_order_whatever_was_recorded_first():
     first_free = len(METHOD_ORDER) - 1
     assert [style_index(m, order) for m in ("lp", "ft", "flyp", "arf", "arf-lam0.1")] == [0, 2, 3, 4, first_free]
     assert style_index("flyp", ["ft", "flyp"]) == 3
+    # A full protocol's figure (shipped methods + ablation rows) draws every curve in its own colour.
+    many = [*METHOD_ORDER, "arf-ret0.3", "arf-cap0.1", "arf-lam0.1", "arf-k8"]
+    colors = [style_color(style_index(m, many)) for m in many if m != "zeroshot"]
+    assert len(set(colors)) == len(colors)
 
 
 def test_curves_follow_alpha_order():

@@ -20,6 +20,14 @@ from arf.report.tables import METHOD_ORDER, order_methods, summarize
 log = logging.getLogger(__name__)
 
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">")
+# matplotlib's ten-colour cycle (C0–C9) holds the methods ARF ships; further methods (ablations, sweeps) take these
+# darker colours, which none of C0–C9 is near, instead of wrapping round onto lp's blue and lpft's orange.
+EXTRA_COLORS = ("#1b1b7a", "#8b0000", "#00695c", "#9a7400", "#c2185b", "#4a148c", "#33691e", "#3e2723")
+
+
+def style_color(i: int) -> str:
+    """The colour of style slot ``i`` (:func:`style_index`): C0–C9, then EXTRA_COLORS, distinct up to 18 slots."""
+    return f"C{i}" if i < 10 else EXTRA_COLORS[(i - 10) % len(EXTRA_COLORS)]
 
 
 @dataclass
@@ -92,7 +100,7 @@ def plot_curves(
         if method == "zeroshot":
             continue
         i = style_index(method, points)
-        color = f"C{i % 10}"
+        color = style_color(i)
         marker = MARKERS[i % len(MARKERS)]
         line = sweep_line(pts, zero[0] if zero else None)
         if len(line) >= 2:
