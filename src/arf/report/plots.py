@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">")
 # matplotlib's ten-colour cycle (C0–C9) holds the methods ARF ships; further methods (ablations, sweeps) take these
-# darker colours instead of wrapping round onto lp's blue and lpft's orange (the marker differs from the shipped
-# method of the nearest hue as well).
+# darker colours instead of wrapping round onto lp's blue and lpft's orange.
 EXTRA_COLORS = ("#1b1b7a", "#8b0000", "#00695c", "#9a7400", "#c2185b", "#4a148c", "#33691e", "#3e2723")
 
 
