@@ -443,38 +443,31 @@ class Flyp(Method):
 
     name = "flyp"
 
-    def texts(self, batch, step) -> tuple[list[str], list[int]]:
-        """Texts for the single text pass, and how many of each kind (prompts, captions, anchor texts)."""
-        p = self.prompts(batch["labels"], batch["indices"], step)
-        return p, [len(p), 0, 0]
-
     def losses(self, module, batch, step, phase):
         cfg = self.cfg
         self.drop_unreadable(batch, phase)
-        texts, sizes = self.texts(batch, step)
+        prompts = self.prompts(batch["labels"], batch["indices"], step)
+        caps, anchor_texts = self.anchor_texts(batch)  # both empty for flyp (its anchor weights are 0)
         n_img = int(batch["labels"].shape[0])
         dev = batch["labels"].device
-        out, txt = self.encode_step(module, batch, phase, texts)
+        out, txt = self.encode_step(module, batch, phase, prompts + caps + anchor_texts)
         img, scale = out["image"], out["scale"]
-        t_prompt, t_cap, t_anchor = torch.split(txt, sizes)
+        t_prompt, t_cap, t_anchor = torch.split(txt, [len(prompts), len(caps), len(anchor_texts)])
         labels = batch["labels"].to(dev)
         groups = labels if cfg.duplicates == "multi_positive" else None
         clip = contrastive_loss(img[:n_img], t_prompt, scale, groups, cfg.duplicates)
-        caps = texts[sizes[0]:sizes[0] + sizes[1]]
-        return anchor_terms(cfg, {"clip_loss": clip}, batch, img, n_img, (caps, t_cap),
-                            (texts[sizes[0] + sizes[1]:], t_anchor), scale)
+        return anchor_terms(cfg, {"clip_loss": clip}, batch, img, n_img, (caps, t_cap), (anchor_texts, t_anchor),
+                            scale)
 
 
 @METHODS.register("arf")
 class Arf(Flyp):
-    """ARF: FLYP + λ_cap · contrastive(image, its caption) + λ_ret · contrastive(retrieved image, its text)."""
+    """ARF: FLYP + λ_cap · contrastive(image, its caption) + λ_ret · contrastive(retrieved image, its text).
+
+    The same step as flyp's: with anchor weights set, :meth:`Method.anchor_texts` hands it captions and anchor texts.
+    """
 
     name = "arf"
-
-    def texts(self, batch, step):
-        prompts = self.prompts(batch["labels"], batch["indices"], step)
-        caps, anchor_texts = self.anchor_texts(batch)
-        return prompts + caps + anchor_texts, [len(prompts), len(caps), len(anchor_texts)]
 
 
 @METHODS.register("arf-ft")
