@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One extra configuration of the docs/RESULTS.md §1 protocol, for choosing hyperparameters on the val splits
 # (§2): train METHOD under torchrun with extra `--set` overrides, evaluate it on every offline set and on the
-# zero-shot val split (suite offline-val), and rebuild
+# shift and zero-shot val splits (suite offline-val), and rebuild
 # OUT's report. The run is named NAME; an existing NAME/final is not trained again.
 #
 #   scripts/offline_variant.sh OUT METHOD NAME [--set key=value ...]
@@ -29,7 +29,7 @@ if [ ! -f "$out/$name/final/arf.json" ]; then
     train --config "configs/offline/$method.yaml" --out-dir "$out" --name "$name" --set progress=false "${extra[@]}" "$@"
 fi
 # --method: variants of one method are rows of their own, not replicates averaged together. offline-val adds the
-# zero-shot val sets (docs/DATA.md §1), the retention numbers a setting is chosen on beside val.
+# shift and zero-shot val sets (docs/DATA.md §1), the retention numbers a setting is chosen on beside val.
 python -m arf.cli eval --model "$out/$name/final" --suite offline,offline-val --method "$name" \
   --out "$out/records.jsonl" >/dev/null
 python -m arf.cli report "$out/records.jsonl" --out "$out/report" >/dev/null

@@ -41,7 +41,7 @@ def test_labeled_set_validates_role_labels_templates_and_masks():
     ds = LabeledSet("s", "id", **kw)
     assert ds.class_counts() == {"a": 1, "b": 1}
     assert ds.prompts("dog") == ["a photo of a dog."]
-    roles = "train, val, val-zeroshot, id, shift, zeroshot"
+    roles = "train, val, val-shift, val-zeroshot, id, shift, zeroshot"
     with pytest.raises(ConfigError, match=f"unknown role 'test'; choose from {roles}"):
         LabeledSet("s", "test", **kw)
     with pytest.raises(ConfigError, match="label 2 out of range"):

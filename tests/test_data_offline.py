@@ -227,7 +227,8 @@ def test_offline_suite_and_pairs_read_the_build(tiny, capsys):
 def test_zero_shot_val_asks_the_held_out_classes_on_alignment_images_only(tiny, tmp_path):
     suite = get_suite("offline-val", root=tiny)
     assert [(s.name, s.role) for s in suite.sets] == [
-        ("val", "val"), ("val-zs-emoji", "val-zeroshot"), ("val-zs-flags", "val-zeroshot")]
+        ("val", "val"), ("val-shift-colour", "val-shift"), ("val-shift-glyph", "val-shift"),
+        ("val-zs-emoji", "val-zeroshot"), ("val-zs-flags", "val-zeroshot")]
     test = get_suite("offline", root=tiny)
     align = {r["path"]: r for r in pq.read_table(tiny / "alignment.parquet").to_pylist()}
     test_paths = {p for s in test.sets for p in s.paths}
@@ -254,6 +255,28 @@ def test_zero_shot_val_asks_the_held_out_classes_on_alignment_images_only(tiny, 
         get_suite("offline-val", root=broken)
 
 
+@needs_sources
+def test_shift_val_asks_the_train_classes_in_the_bases_other_designs_only(tiny):
+    # The shift test sets show the finetuning classes in unseen designs; the shift val split asks the same
+    # 300-way question (train's classes and templates, so a trained head reads it) on the base's own renders.
+    suite = get_suite("offline-val", root=tiny)
+    test = get_suite("offline", root=tiny)
+    train = test.get("train")
+    align = {r["path"]: r for r in pq.read_table(tiny / "alignment.parquet").to_pylist()}
+    finetune_or_test = {p for s in test.sets for p in s.paths}
+    concept = {Path(p).stem.rsplit("_", 1)[0]: lab for p, lab in zip(train.paths, train.labels, strict=True)}
+    for name, families in (("val-shift-colour", {"noto", "twemoji"}), ("val-shift-glyph", {"symbola"})):
+        vs = suite.get(name)
+        assert vs.role == "val-shift" and vs.classnames == train.classnames and vs.templates == train.templates
+        assert vs.paths and not set(vs.paths) & finetune_or_test  # alignment images only
+        assert {align[p]["family"] for p in vs.paths} == families
+        for fam in families:  # every finetuning class once per design (Symbola draws each of them here)
+            labels = [lab for p, lab in zip(vs.paths, vs.labels, strict=True) if align[p]["family"] == fam]
+            assert sorted(labels) == sorted(set(concept.values()))
+        for p, lab in zip(vs.paths, vs.labels, strict=True):  # the render shows the concept its label names
+            assert concept[Path(p).stem.rsplit("_", 1)[0]] == lab, p
+
+
 def test_cli_rejects_bad_arguments_and_missing_benchmark(tmp_path, capsys):
     assert main(["data", "build", "--out", str(tmp_path / "x"), "--image-size", "4"]) == 2
     assert "--image-size must be at least 16" in capsys.readouterr().err
@@ -275,6 +298,10 @@ def test_full_benchmark_is_leak_free_and_sized():
     for name, spec in sets.items():
         if spec["role"] in ("shift", "zeroshot", "id"):
             assert 50 <= spec["count"] <= 1000, name
+    # The val splits beside val: every finetuning class in the base's two colour designs and as a glyph.
+    sizes = {s.name: (len(s), len(set(s.labels))) for s in get_suite("offline-val", root=root)}
+    n = sets["train"]["n_classes"]
+    assert sizes["val-shift-colour"] == (2 * n, n) and sizes["val-shift-glyph"] == (n, n)
     texts = " | ".join(pq.read_table(root / "alignment.parquet", columns=["text"]).column("text").to_pylist())
     for key in ("train", "zs-emoji", "zs-flags"):
         missing = [n for n in read_json(root / "classnames" / f"{key}.json") if n not in texts]

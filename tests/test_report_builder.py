@@ -188,15 +188,19 @@ def test_variants_sharing_method_and_seed_are_flagged(caplog):
     assert "share a seed" in caplog.text and "runs/a" in caplog.text
 
 
-def test_zero_shot_val_sets_get_their_own_average_and_stay_out_of_the_test_averages():
-    # val-zeroshot sets are what retention settings are chosen on: never part of the zero-shot test average.
+def test_val_retention_sets_get_their_own_averages_and_stay_out_of_the_test_averages():
+    # val-shift / val-zeroshot sets are what retention settings are chosen on: never part of a test average.
     recs = [Record("m", "ft", None, s, role, "top1", v, 100, "h", 0) for s, role, v in (
-        ("idset", "id", 90.0), ("z1", "zeroshot", 40.0), ("z2", "zeroshot", 30.0), ("v", "val", 80.0),
+        ("idset", "id", 90.0), ("s1", "shift", 50.0), ("z1", "zeroshot", 40.0), ("z2", "zeroshot", 30.0),
+        ("v", "val", 80.0), ("vs1", "val-shift", 70.0), ("vs2", "val-shift", 60.0),
         ("vz1", "val-zeroshot", 10.0), ("vz2", "val-zeroshot", 20.0))]
     table = build_table(recs)
-    assert table.columns == ["v", "vz1", "vz2", "idset", "z1", "z2", "ID", "zero-shot avg", "zero-shot val avg"]
+    assert table.columns == ["v", "vs1", "vs2", "vz1", "vz2", "idset", "s1", "z1", "z2", "ID", "OOD avg",
+                             "zero-shot avg", "shift val avg", "zero-shot val avg"]
     cells = table.rows[0].cells
+    assert cells["OOD avg"].mean == pytest.approx(50.0)
     assert cells["zero-shot avg"].mean == pytest.approx(35.0)
+    assert cells["shift val avg"].mean == pytest.approx(65.0)
     assert cells["zero-shot val avg"].mean == pytest.approx(15.0)
 
 

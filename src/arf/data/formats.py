@@ -20,9 +20,9 @@ from arf.errors import ArfError, ConfigError, InputFileError
 
 log = logging.getLogger(__name__)
 
-# In display order. ``val-zeroshot``: sets of held-out classes to choose settings on for zero-shot retention
-# (the offline benchmark's are ``arf.data.offline.zeroshot_val``); never averaged into the test columns.
-ROLES = ("train", "val", "val-zeroshot", "id", "shift", "zeroshot")
+# In display order. ``val-shift`` / ``val-zeroshot``: sets to choose settings on for domain-shift / zero-shot
+# retention (the offline benchmark's are ``arf.data.offline.val_splits``); never averaged into the test columns.
+ROLES = ("train", "val", "val-shift", "val-zeroshot", "id", "shift", "zeroshot")
 # Evaluated unless asked otherwise: the finetuning set itself says little about robustness.
 EVAL_ROLES = ROLES[1:]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".jfif")

@@ -98,12 +98,13 @@ def offline_suite(root: Path | None = None) -> Suite:
 
 @SUITES.register("offline-val")
 def offline_val_suite(root: Path | None = None) -> Suite:
-    """The sets to choose hyperparameters on: ``val`` (ID) and the ``val-zeroshot`` sets (retention of the held-out
-    concepts, asked on the base's own alignment images; ``arf.data.offline.zeroshot_val``). No test set."""
-    from arf.data.offline.zeroshot_val import zeroshot_val_sets
+    """The sets to choose hyperparameters on: ``val`` (ID), the ``val-shift`` sets (the finetuning classes in the
+    base's other designs) and the ``val-zeroshot`` sets (the held-out concepts), both asked on the base's own
+    alignment images (``arf.data.offline.val_splits``). No test set."""
+    from arf.data.offline.val_splits import val_sets
 
     root, meta = _read_offline(root)
-    sets = _offline_sets(root, meta, roles=("val",)) + zeroshot_val_sets(root, meta)
+    sets = _offline_sets(root, meta, roles=("val",)) + val_sets(root, meta)
     return Suite("offline-val", sets, info={"root": str(root), "version": meta.get("version")})
 
 

@@ -21,8 +21,9 @@ from arf.io import atomic_open
 
 # Roles that are averaged, and the column names they get in tables and plots.
 AVERAGES: dict[str, str] = {"id": "ID", "shift": "OOD avg", "zeroshot": "zero-shot avg",
-                            # the zero-shot val sets' mean: what a retention setting is chosen on, never a result
-                            "val-zeroshot": "zero-shot val avg"}
+                            # the shift / zero-shot val sets' means: what a retention setting is chosen on, never
+                            # a result
+                            "val-shift": "shift val avg", "val-zeroshot": "zero-shot val avg"}
 
 
 @dataclass
