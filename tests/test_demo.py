@@ -121,7 +121,7 @@ def test_small_protocol_keeps_its_own_two_epoch_schedule(tmp_path: Path) -> None
     both = load_config(TrainConfig, method_config("arf-both"), [*files, *method_train_overrides(full, "arf-both")])
     assert (both.epochs, both.lr, both.lambda_cap, both.lambda_ret) == (16, 1e-4, 0.3, 0.3)
     arf_ft = load_config(TrainConfig, method_config("arf-ft"), [*files, *method_train_overrides(full, "arf-ft")])
-    assert (arf_ft.method, arf_ft.epochs, arf_ft.lr, arf_ft.lambda_ret) == ("arf-ft", 8, 3e-4, 0.1)
+    assert (arf_ft.method, arf_ft.epochs, arf_ft.lr, arf_ft.lambda_ret) == ("arf-ft", 8, 3e-4, 0.2)
     assert "arf-ft" in full.methods
     for method, schedule in (("ft", (8, 3e-4)), ("flyp", (16, 1e-4))):
         tcfg = load_config(TrainConfig, method_config(method), method_train_overrides(small, method))
