@@ -65,17 +65,13 @@ def _class_stems(root: Path, spec: dict[str, Any]) -> tuple[list[str], dict[str,
     return classnames, stems
 
 
-def val_sets(root: Path, meta: dict[str, Any], roles: tuple[str, ...] = (SHIFT_ROLE, ZEROSHOT_ROLE)
-             ) -> list[LabeledSet]:
-    """The ``val-shift`` / ``val-zeroshot`` sets (those whose role is in ``roles``) of a built benchmark (``meta``
-    is its manifest)."""
+def val_sets(root: Path, meta: dict[str, Any]) -> list[LabeledSet]:
+    """The ``val-shift`` and ``val-zeroshot`` sets of a built benchmark (``meta`` is its manifest)."""
     import pyarrow.parquet as pq
 
     have = set(pq.read_table(root / "alignment.parquet", columns=["path"]).column("path").to_pylist())
     out = []
     for name, (role, source, folders) in VAL_SETS.items():
-        if role not in roles:
-            continue
         if source not in meta["sets"]:
             raise InputFileError(f"{root / 'manifest.json'}: no set {source!r}, which {name} takes its classes from")
         spec = meta["sets"][source]
@@ -89,7 +85,7 @@ def val_sets(root: Path, meta: dict[str, Any], roles: tuple[str, ...] = (SHIFT_R
                     labels.append(label)
         if not paths:
             raise InputFileError(f"{root / 'alignment.parquet'}: no {'/'.join(folders)} render of any {source} "
-                                 "class; the benchmark predates the flag designs (rebuild with `arf data build`)")
+                                 "class; the benchmark predates these designs (rebuild with `arf data build`)")
         out.append(LabeledSet(
             name=name, role=role, classnames=classnames, templates=list(spec["templates"]), paths=paths,
             labels=labels, root=str(root),
