@@ -30,7 +30,10 @@ if [ ! -f "$out/$name/final/arf.json" ]; then
 fi
 # --method: variants of one method are rows of their own, not replicates averaged together. offline-val adds the
 # shift and zero-shot val sets (docs/DATA.md §1), the retention numbers a setting is chosen on beside val.
+# The evaluation's log (one line per set, test sets included) goes to NAME/eval.log, not to this script's stderr,
+# so that a setting can be decided on the val records before any test number is in sight.
 python -m arf.cli eval --model "$out/$name/final" --suite offline,offline-val --method "$name" \
-  --out "$out/records.jsonl" >/dev/null
+  --out "$out/records.jsonl" --no-progress >/dev/null 2>"$out/$name/eval.log" \
+  || { echo "[variant] eval failed: see $out/$name/eval.log" >&2; exit 1; }
 python -m arf.cli report "$out/records.jsonl" --out "$out/report" >/dev/null
-echo "[variant] report: $out/report/results.md" >&2
+echo "[variant] records: $out/records.jsonl (eval log: $out/$name/eval.log); report: $out/report/results.md" >&2
