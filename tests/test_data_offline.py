@@ -277,6 +277,18 @@ def test_shift_val_asks_the_train_classes_in_the_bases_other_designs_only(tiny):
             assert concept[Path(p).stem.rsplit("_", 1)[0]] == lab, p
 
 
+@needs_sources
+def test_data_info_lists_the_val_splits_in_aligned_columns(tiny, capsys):
+    assert main(["data", "info", "offline-val", "--root", str(tiny)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[:2] for r in rows[1:]] == [
+        ["val", "val"], ["val-shift-colour", "val-shift"], ["val-shift-glyph", "val-shift"],
+        ["val-zs-emoji", "val-zeroshot"], ["val-zs-flags", "val-zeroshot"]]
+    # the image counts end in one column, however long the role ("val-zeroshot") is
+    ends = {r.index(r.split()[2]) + len(r.split()[2]) for r in rows[1:]}
+    assert len(ends) == 1 and rows[0].index("images") + len("images") in ends
+
+
 def test_cli_rejects_bad_arguments_and_missing_benchmark(tmp_path, capsys):
     assert main(["data", "build", "--out", str(tmp_path / "x"), "--image-size", "4"]) == 2
     assert "--image-size must be at least 16" in capsys.readouterr().err

@@ -54,12 +54,15 @@ def _info(args: argparse.Namespace) -> int:
 
     suite = get_suite(args.suite, root=args.root)
     print(f"suite {suite.name} ({suite.info.get('root', '')})")
-    print(f"{'set':<16} {'role':<9} {'images':>7} {'classes':>7}  families / reference")
+    # Columns as wide as their longest entry: user suites have long set names, the val splits long roles.
+    nw = max([len(s.name) for s in suite.sets] + [16])
+    rw = max([len(s.role) for s in suite.sets] + [9])
+    print(f"{'set':<{nw}} {'role':<{rw}} {'images':>7} {'classes':>7}  families / reference")
     for s in suite.sets:
         extra = ", ".join(s.info.get("families", [])) or (s.reference or "")
         if s.class_mask is not None:
             extra += f" (class_mask into {s.reference})"
         if s.label_map is not None:
             extra += f" (label_map into {s.reference})"
-        print(f"{s.name:<16} {s.role:<9} {len(s):>7} {len(s.classnames):>7}  {extra}")
+        print(f"{s.name:<{nw}} {s.role:<{rw}} {len(s):>7} {len(s.classnames):>7}  {extra}")
     return 0
