@@ -34,7 +34,8 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = ranks(a) - ranks(a).mean(), ranks(b) - ranks(b).mean()
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
     return float((ra * rb).sum() / denom) if denom else float("nan")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from arf.data.formats import LabeledSet
+from arf.data.offline.checks import FINETUNE_ROLES
 from arf.errors import InputFileError
 from arf.io import read_json
 
@@ -46,7 +47,7 @@ def _concept(path: str, role: str) -> str:
     """The concept an image shows, from its file name: ``1f6a1`` for test images (``1f6a1.png``) and for the
     finetuning sets' random draws (``1f6a1_3.png``; ``_k`` numbers the draw)."""
     stem = Path(path).stem
-    return stem.rsplit("_", 1)[0] if role in ("train", "val", "id") else stem
+    return stem.rsplit("_", 1)[0] if role in FINETUNE_ROLES else stem
 
 
 def _class_stems(root: Path, spec: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
@@ -70,12 +71,15 @@ def val_sets(root: Path, meta: dict[str, Any]) -> list[LabeledSet]:
     import pyarrow.parquet as pq
 
     have = set(pq.read_table(root / "alignment.parquet", columns=["path"]).column("path").to_pylist())
+    classes_of: dict[str, tuple[list[str], dict[str, int]]] = {}  # read once per source set (train serves two)
     out = []
     for name, (role, source, folders) in VAL_SETS.items():
         if source not in meta["sets"]:
             raise InputFileError(f"{root / 'manifest.json'}: no set {source!r}, which {name} takes its classes from")
         spec = meta["sets"][source]
-        classnames, stems = _class_stems(root, spec)
+        if source not in classes_of:
+            classes_of[source] = _class_stems(root, spec)
+        classnames, stems = classes_of[source]
         paths, labels = [], []
         for folder in folders:
             for stem, label in sorted(stems.items()):
