@@ -15,8 +15,8 @@ from PIL import Image
 from arf.cli import main
 from arf.data import get_suite, read_pairs
 from arf.data.offline import BuildConfig, build, find_leaks, is_built
-from arf.data.offline.build import match_caption
-from arf.data.offline.sources import NPM
+from arf.data.offline.build import icons_by_name, match_caption
+from arf.data.offline.sources import NPM, Emoji, IconSet
 from arf.errors import InputFileError
 from arf.io import read_json, sha256_file
 from arf.paths import npm_dir
@@ -203,6 +203,58 @@ def test_leak_checks_catch_shared_images_and_families(tiny, tmp_path):
     assert any("pool and shift-3d share design families ['fluent']" in p for p in leaks)
     assert any("pool and zs-emoji" in p for p in leaks)
 
+    # A val split in a test set's design would let settings be chosen on that design.
+    bad = _copy(tiny, tmp_path / "val-split-leak")
+    unseen = pq.read_table(bad / "val-shift-unseen.parquet").to_pydict()
+    unseen["family"][0] = "fluent"
+    pq.write_table(pa.table(unseen), bad / "val-shift-unseen.parquet")
+    leaks = find_leaks(bad)
+    assert any("shift-3d and val-shift-unseen share design families ['fluent']" in p for p in leaks)
+    assert not any("val-shift-unseen" in p and "fluent" not in p for p in leaks)
+
+
+def test_icons_without_code_points_are_matched_by_cldr_or_unicode_name_never_ambiguously():
+    def emoji(cp: str, name: str, unicode_name: str = "") -> Emoji:
+        return Emoji(cp, name, "Animals & Nature", "animal", [], unicode_name)
+
+    table = {e.cp: e for e in (
+        emoji("1f346", "eggplant", "aubergine"),  # the icon carries the Unicode name only
+        emoji("1f680", "rocket", "rocket"),
+        emoji("1f436", "dog face", "dog face"),
+        emoji("1f415", "dog", "dog"),
+        emoji("1f42d", "mouse face", "mouse face"),
+        emoji("2601", "cloud", "cloud"),
+        emoji("aaaa", "bat", "bat"), emoji("bbbb", "baseball bat", "bat"),  # "bat" names two emoji
+    )}
+    icons = {slug: {"body": ""} for slug in
+             ("aubergine", "rocket-2", "rocket-1", "dogface", "Dog", "cloud-1", "cloud", "bat", "mouse")}
+    found = icons_by_name(IconSet("x", icons, {}, 16, 16), table)
+    assert found == {"1f346": "aubergine", "1f680": "rocket-1", "1f436": "dogface", "1f415": "Dog",
+                     "2601": "cloud"}  # no "bat" (ambiguous), no "mouse" (the set's mouse is not "mouse face")
+
+
+@needs_sources
+def test_unseen_design_val_split_shows_train_classes_in_designs_no_other_split_has(tiny):
+    # FxEmoji and Streamline are in no other split (not even the alignment corpus or pool); the set is a val
+    # split, so `offline` (the test protocol) leaves it out and `offline-val` holds it.
+    meta = read_json(tiny / "manifest.json")
+    spec = meta["sets"]["val-shift-unseen"]
+    assert spec["role"] == "val-shift" and set(spec["families"]) <= {"fxemoji", "streamline"}
+    others = {f for n, s in meta["sets"].items() if n != "val-shift-unseen" for f in s["families"]}
+    others |= {f for p in meta["pairs"].values() for f in p["families"]}
+    assert not set(spec["families"]) & others
+    assert "val-shift-unseen" not in [s.name for s in get_suite("offline", root=tiny).sets]
+    vs = get_suite("offline-val", root=tiny).get("val-shift-unseen")
+    train = get_suite("offline", root=tiny).get("train")
+    assert vs.reference == "offline-train" and vs.templates == train.templates
+    # scored over the classes it holds (as shift-photo): its labels index its own list, class_mask the train space
+    concept = {Path(p).stem.rsplit("_", 1)[0]: lab for p, lab in zip(train.paths, train.labels, strict=True)}
+    assert len(vs) == spec["count"] > 0 and vs.classnames == [train.classnames[c] for c in vs.class_mask]
+    for p, lab in zip(vs.paths, vs.labels, strict=True):  # the icon is the class's code point, by name
+        assert vs.class_mask[lab] == concept[Path(p).stem], p
+    assert meta["sources"]["fxemoji"]["license"] == "Apache-2.0"
+    assert meta["sources"]["streamline-emojis"]["license"] == "CC-BY-4.0"
+
 
 @needs_sources
 def test_offline_suite_and_pairs_read_the_build(tiny, capsys):
@@ -228,7 +280,7 @@ def test_zero_shot_val_asks_the_held_out_classes_on_alignment_images_only(tiny, 
     suite = get_suite("offline-val", root=tiny)
     assert [(s.name, s.role) for s in suite.sets] == [
         ("val", "val"), ("val-shift-colour", "val-shift"), ("val-shift-glyph", "val-shift"),
-        ("val-zs-emoji", "val-zeroshot"), ("val-zs-flags", "val-zeroshot")]
+        ("val-shift-unseen", "val-shift"), ("val-zs-emoji", "val-zeroshot"), ("val-zs-flags", "val-zeroshot")]
     test = get_suite("offline", root=tiny)
     align = {r["path"]: r for r in pq.read_table(tiny / "alignment.parquet").to_pylist()}
     test_paths = {p for s in test.sets for p in s.paths}
@@ -283,7 +335,7 @@ def test_data_info_lists_the_val_splits_in_aligned_columns(tiny, capsys):
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[:2] for r in rows[1:]] == [
         ["val", "val"], ["val-shift-colour", "val-shift"], ["val-shift-glyph", "val-shift"],
-        ["val-zs-emoji", "val-zeroshot"], ["val-zs-flags", "val-zeroshot"]]
+        ["val-shift-unseen", "val-shift"], ["val-zs-emoji", "val-zeroshot"], ["val-zs-flags", "val-zeroshot"]]
     # the image counts end in one column, however long the role ("val-zeroshot") is
     ends = {r.index(r.split()[2]) + len(r.split()[2]) for r in rows[1:]}
     assert len(ends) == 1 and rows[0].index("images") + len("images") in ends
@@ -314,6 +366,9 @@ def test_full_benchmark_is_leak_free_and_sized():
     sizes = {s.name: (len(s), len(set(s.labels))) for s in get_suite("offline-val", root=root)}
     n = sets["train"]["n_classes"]
     assert sizes["val-shift-colour"] == (2 * n, n) and sizes["val-shift-glyph"] == (n, n)
+    # FxEmoji and Streamline icons named like 230 of the 300 classes (revision 5: 360 images, docs/DATA.md)
+    unseen = sets["val-shift-unseen"]
+    assert sizes["val-shift-unseen"] == (unseen["count"], unseen["n_classes"]) and unseen["n_classes"] >= 200
     texts = " | ".join(pq.read_table(root / "alignment.parquet", columns=["text"]).column("text").to_pylist())
     for key in ("train", "zs-emoji", "zs-flags"):
         missing = [n for n in read_json(root / "classnames" / f"{key}.json") if n not in texts]

@@ -74,6 +74,17 @@ def test_eval_prints_table_and_appends_records(bench, tmp_path, capsys):
     assert read_records(out) == recs
 
 
+def test_eval_sets_evaluates_only_the_named_sets(bench, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    base = ["eval", "--model", "arf:tiny-clip", "--suite", "offline", "--data-root", str(bench), "--out", str(out),
+            "--no-progress", "--batch-size", "4"]
+    assert main([*base, "--sets", "zs,sh"]) == 0
+    assert {r.set for r in read_records(out)} == {"sh", "zs"}
+    assert main([*base, "--sets", "sh,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--sets" in err and "unknown set 'nope'" in err and "choose from train, idv, sh, zs" in err
+
+
 def test_eval_checkpoint_reads_method_seed_and_head(bench, finetuned, tmp_path):
     out = tmp_path / "r.jsonl"
     assert main(["eval", "--model", str(finetuned), "--suite", "offline", "--data-root", str(bench), "--out",

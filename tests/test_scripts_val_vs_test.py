@@ -41,6 +41,12 @@ def test_val_vs_test_joins_files_per_model_and_ranks_each_val_column_against_eac
     assert rows[3] == "| ft | 2 | 98.5 | 65.5 | 97.5 | 21.5 |"  # mean over seeds; zeroshot is not a model here
     assert "Spearman(shift val avg, OOD avg) = +1.00 over 3 models" in rows
     assert "Spearman(val, OOD avg) = -1.00 over 3 models" in rows
+    # one val split apart from its role's average: vs2 is flat (a tie for every model), vs1 alone ranks as OOD avg
+    rows = _run(monkeypatch, capsys, str(test), str(val), "--sets", "vs1,vs2")
+    assert rows[0] == "| method | models | val | shift val avg | vs1 | vs2 | ID | OOD avg |"
+    assert rows[2] == "| arf | 1 | 97.0 | 67.0 | 64.0 | 70.0 | 96.0 | 23.0 |"
+    assert "Spearman(vs1, OOD avg) = +1.00 over 3 models" in rows
+    assert "Spearman(vs2, OOD avg) = undefined (a column without spread) over 3 models" in rows
 
 
 def test_ranks_share_ties_and_spearman_matches_the_definition():

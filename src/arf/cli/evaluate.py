@@ -12,6 +12,8 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     # The default is arf.data.formats.EVAL_ROLES, resolved in _options (importing arf.data here would load torch).
     p.add_argument("--roles", default=None,
                    help="comma-separated set roles to evaluate (default: every role but train)")
+    p.add_argument("--sets", default=None,
+                   help="comma-separated set names to evaluate, of the suites' sets with those roles (default: all)")
     p.add_argument("--method", default=None, help="method name for the records (default: from the checkpoint)")
     p.add_argument("--seed", type=int, default=None, help="seed for the records (default: from the checkpoint)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
@@ -63,8 +65,9 @@ def _options(args: argparse.Namespace) -> Any:
                        progress=not args.no_progress, roles=roles)
 
 
-def load_sets(suites: str, root: str | None) -> list[Any]:
-    """Sets of one or more comma-separated suites; a set named twice is evaluated once."""
+def load_sets(suites: str, root: str | None, only: str | None = None) -> list[Any]:
+    """Sets of one or more comma-separated suites (only those named in ``only``, if given); a set in two suites is
+    evaluated once."""
     from arf.config import check
     from arf.data import get_suite
 
@@ -74,7 +77,13 @@ def load_sets(suites: str, root: str | None) -> list[Any]:
     for name in names:
         for ds in get_suite(name, root=root):
             sets.setdefault(ds.name, ds)
-    return list(sets.values())
+    if only is None:
+        return list(sets.values())
+    wanted = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in sets]
+    check(bool(wanted) and not unknown, "--sets",
+          f"unknown set {unknown[0] if unknown else ''!r} in suite {suites}; choose from {', '.join(sets)}")
+    return [sets[s] for s in wanted]
 
 
 def format_records(records: list[Any]) -> str:
@@ -104,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from arf.models import create_model
 
     opts = _options(args)
-    sets = load_sets(args.suite, args.data_root)
+    sets = load_sets(args.suite, args.data_root, args.sets)
     bundle = create_model(args.model, device=opts.device)
     head = load_trained_head(args.model) if Path(args.model).exists() else None
     tag = model_tag(args.model, method=args.method, seed=args.seed)
@@ -126,7 +135,7 @@ def cmd_wise(args: argparse.Namespace) -> int:
     alphas = parse_alphas(args.alphas)
     check(args.eval is not None or args.out is not None, "--eval/--out", "give --eval SUITE, --out DIR or both")
     opts = _options(args)
-    sets = load_sets(args.eval, args.data_root) if args.eval else None
+    sets = load_sets(args.eval, args.data_root, args.sets) if args.eval else None
     records_path = args.records or (str(Path(args.out) / "records.jsonl") if args.out and sets else None)
     records = wise_sweep(args.zeroshot, args.finetuned, alphas, sets=sets, out_dir=args.out,
                          records_path=records_path, opts=opts, method=args.method, seed=args.seed)

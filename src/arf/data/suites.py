@@ -92,8 +92,11 @@ def _offline_sets(root: Path, meta: dict, roles: Sequence[str] | None = None) ->
 @SUITES.register("offline")
 def offline_suite(root: Path | None = None) -> Suite:
     """The offline benchmark built by ``arf data build`` (train/val/id/shift/zeroshot sets)."""
+    from arf.data.offline.checks import VAL_SPLIT_ROLES
+
     root, meta = _read_offline(root)
-    return Suite("offline", _offline_sets(root, meta), info={"root": str(root), "version": meta.get("version")})
+    roles = [r for r in ROLES if r not in VAL_SPLIT_ROLES]  # the val splits are offline-val's
+    return Suite("offline", _offline_sets(root, meta, roles), info={"root": str(root), "version": meta.get("version")})
 
 
 @SUITES.register("offline-val")
@@ -101,10 +104,13 @@ def offline_val_suite(root: Path | None = None) -> Suite:
     """The sets to choose hyperparameters on: ``val`` (ID), the ``val-shift`` sets (the finetuning classes in the
     base's other designs) and the ``val-zeroshot`` sets (the held-out concepts), both asked on the base's own
     alignment images (``arf.data.offline.val_splits``). No test set."""
+    from arf.data.offline.checks import VAL_SPLIT_ROLES
     from arf.data.offline.val_splits import val_sets
 
     root, meta = _read_offline(root)
-    sets = _offline_sets(root, meta, roles=("val",)) + val_sets(root, meta)
+    # val and the built val splits (val-shift-unseen), then those asked on the alignment corpus's images.
+    sets = _offline_sets(root, meta, roles=("val", *VAL_SPLIT_ROLES)) + val_sets(root, meta)
+    sets.sort(key=lambda s: (ROLES.index(s.role), s.name))
     return Suite("offline-val", sets, info={"root": str(root), "version": meta.get("version")})
 
 

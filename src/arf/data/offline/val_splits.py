@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from arf.data.formats import LabeledSet
-from arf.data.offline.checks import FINETUNE_ROLES
+from arf.data.offline.checks import FINETUNE_ROLES, VAL_SPLIT_ROLES
 from arf.errors import InputFileError
 from arf.io import read_json
 
-ZEROSHOT_ROLE = "val-zeroshot"
-SHIFT_ROLE = "val-shift"
+SHIFT_ROLE, ZEROSHOT_ROLE = VAL_SPLIT_ROLES
 
 # val set name -> (role, the benchmark set whose classes it asks, the alignment design folders it reads)
 VAL_SETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
