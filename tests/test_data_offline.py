@@ -234,18 +234,33 @@ def test_icons_without_code_points_are_matched_by_cldr_or_unicode_name_never_amb
 
 
 @needs_sources
-def test_unseen_design_val_split_shows_train_classes_in_designs_no_other_split_has(tiny):
-    # FxEmoji and Streamline are in no other split (not even the alignment corpus or pool); the set is a val
-    # split, so `offline` (the test protocol) leaves it out and `offline-val` holds it.
+def test_unseen_design_val_splits_ask_the_benchmarks_classes_in_designs_no_other_split_has(tiny):
+    # FxEmoji and Streamline are in no other split (not even the alignment corpus or pool); the sets are val
+    # splits, so `offline` (the test protocol) leaves them out and `offline-val` holds them.
     meta = read_json(tiny / "manifest.json")
-    spec = meta["sets"]["val-shift-unseen"]
-    assert spec["role"] == "val-shift" and set(spec["families"]) <= {"fxemoji", "streamline"}
-    others = {f for n, s in meta["sets"].items() if n != "val-shift-unseen" for f in s["families"]}
+    unseen = ("val-shift-unseen", "val-zs-unseen")
+    others = {f for n, s in meta["sets"].items() if n not in unseen for f in s["families"]}
     others |= {f for p in meta["pairs"].values() for f in p["families"]}
-    assert not set(spec["families"]) & others
-    assert "val-shift-unseen" not in [s.name for s in get_suite("offline", root=tiny).sets]
-    vs = get_suite("offline-val", root=tiny).get("val-shift-unseen")
-    train = get_suite("offline", root=tiny).get("train")
+    for name, role in zip(unseen, ("val-shift", "val-zeroshot"), strict=True):
+        spec = meta["sets"][name]
+        assert spec["role"] == role and set(spec["families"]) <= {"fxemoji", "streamline"}
+        assert not set(spec["families"]) & others
+    test = get_suite("offline", root=tiny)
+    assert not set(unseen) & {s.name for s in test.sets}
+    val = get_suite("offline-val", root=tiny)
+
+    # the held-out classes it holds, read through the text head, with zs-emoji's names and templates
+    vz, zs = val.get("val-zs-unseen"), test.get("zs-emoji")
+    zs_name = {Path(p).stem: zs.classnames[lab] for p, lab in zip(zs.paths, zs.labels, strict=True)}
+    assert vz.reference is None and vz.class_mask is None and vz.templates == zs.templates
+    assert len(vz) == meta["sets"]["val-zs-unseen"]["count"] > 0 and set(vz.classnames) <= set(zs.classnames)
+    assert sorted(set(vz.labels)) == list(range(len(vz.classnames)))  # every class it names, it shows
+    for p, lab in zip(vz.paths, vz.labels, strict=True):
+        assert vz.classnames[lab] == zs_name[Path(p).stem], p
+
+    spec = meta["sets"]["val-shift-unseen"]
+    vs = val.get("val-shift-unseen")
+    train = test.get("train")
     assert vs.reference == "offline-train" and vs.templates == train.templates
     # scored over the classes it holds (as shift-photo): its labels index its own list, class_mask the train space
     concept = {Path(p).stem.rsplit("_", 1)[0]: lab for p, lab in zip(train.paths, train.labels, strict=True)}
@@ -280,7 +295,8 @@ def test_zero_shot_val_asks_the_held_out_classes_on_alignment_images_only(tiny, 
     suite = get_suite("offline-val", root=tiny)
     assert [(s.name, s.role) for s in suite.sets] == [
         ("val", "val"), ("val-shift-colour", "val-shift"), ("val-shift-glyph", "val-shift"),
-        ("val-shift-unseen", "val-shift"), ("val-zs-emoji", "val-zeroshot"), ("val-zs-flags", "val-zeroshot")]
+        ("val-shift-unseen", "val-shift"), ("val-zs-emoji", "val-zeroshot"), ("val-zs-flags", "val-zeroshot"),
+        ("val-zs-unseen", "val-zeroshot")]
     test = get_suite("offline", root=tiny)
     align = {r["path"]: r for r in pq.read_table(tiny / "alignment.parquet").to_pylist()}
     test_paths = {p for s in test.sets for p in s.paths}
@@ -335,7 +351,8 @@ def test_data_info_lists_the_val_splits_in_aligned_columns(tiny, capsys):
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[:2] for r in rows[1:]] == [
         ["val", "val"], ["val-shift-colour", "val-shift"], ["val-shift-glyph", "val-shift"],
-        ["val-shift-unseen", "val-shift"], ["val-zs-emoji", "val-zeroshot"], ["val-zs-flags", "val-zeroshot"]]
+        ["val-shift-unseen", "val-shift"], ["val-zs-emoji", "val-zeroshot"], ["val-zs-flags", "val-zeroshot"],
+        ["val-zs-unseen", "val-zeroshot"]]
     # the image counts end in one column, however long the role ("val-zeroshot") is
     ends = {r.index(r.split()[2]) + len(r.split()[2]) for r in rows[1:]}
     assert len(ends) == 1 and rows[0].index("images") + len("images") in ends
@@ -369,6 +386,8 @@ def test_full_benchmark_is_leak_free_and_sized():
     # FxEmoji and Streamline icons named like 230 of the 300 classes (revision 5: 360 images, docs/DATA.md)
     unseen = sets["val-shift-unseen"]
     assert sizes["val-shift-unseen"] == (unseen["count"], unseen["n_classes"]) and unseen["n_classes"] >= 200
+    zs_unseen = sets["val-zs-unseen"]  # and 93 of the 200 held-out classes (revision 6: 144 images)
+    assert sizes["val-zs-unseen"] == (zs_unseen["count"], zs_unseen["n_classes"]) and zs_unseen["n_classes"] >= 80
     texts = " | ".join(pq.read_table(root / "alignment.parquet", columns=["text"]).column("text").to_pylist())
     for key in ("train", "zs-emoji", "zs-flags"):
         missing = [n for n in read_json(root / "classnames" / f"{key}.json") if n not in texts]

@@ -49,8 +49,9 @@ VERSION = "v1"
 # 2 = Animal-MNIST class names corrected (bird/sheep, not lion/monkey); 3 = shift-photo scored over the classes it
 # holds (a class mask into the train label space, as ImageNet-R / -A), no longer over all 300; 4 = the pool holds
 # OpenMoji's country flags (the web had flag emoji in its two emoji families, the pool had none).
-# 5 = the val-shift-unseen set (FxEmoji and Streamline renders of the finetuning classes; no other set changes).
-BUILD_REVISION = 5
+# 5 = the val-shift-unseen set (FxEmoji and Streamline renders of the finetuning classes; no other set changes);
+# 6 = val-zs-unseen (the same designs' renders of the held-out emoji classes; no other set changes).
+BUILD_REVISION = 6
 CLASS_CATEGORIES = ("Animals & Nature", "Food & Drink", "Objects", "Travel & Places", "Activities")
 # Clock faces and map pictograms have names that no picture disambiguates ("eleven thirty").
 EXCLUDED_SUBCATEGORIES = ("time", "place-map", "award-medal", "lock", "sound", "light & video")
@@ -59,7 +60,7 @@ EMOJI_TEMPLATES = ["an emoji of a {}.", "a {}.", "an icon of a {}.", "a picture 
 PHOTO_TEMPLATES = ["a photo of a {}.", "a cut-out photo of a {}.", "a picture of a {}.", "a {}."]
 FLAG_TEMPLATES = ["the flag of {}.", "a flag of {}.", "the national flag of {}."]
 DIGIT_TEMPLATES = ['a photo of the number: "{}".', "the number {}.", "a handwritten digit {}."]
-# Emoji designs in no other split, for val-shift-unseen (docs/DATA.md): Mozilla's FxEmoji and Streamline Emojis.
+# Emoji designs in no other split, for val-shift-unseen / val-zs-unseen (docs/DATA.md): FxEmoji and Streamline Emojis.
 UNSEEN_VAL_DESIGNS = ("fxemoji", "streamline-emojis")
 SILHOUETTE_TEMPLATES = ["a silhouette of a {}.", "a small black and white picture of a {}.", "a {}."]
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -247,11 +248,18 @@ def masked_shift_set(name: str, rows: list[Row], train_names: list[str], templat
     space's size as much as robustness. Labels index the set's own class list (train order); ``class_mask`` holds
     each one's column in the train label space, so a trained 300-way head is sliced to the same classes.
     """
+    own, class_list, mask = held_classes(rows, train_names)
+    return {"role": role, "classnames": name, "class_list": class_list, "class_mask": mask, "templates": templates,
+            "rows": own, "reference": "offline-train"}
+
+
+def held_classes(rows: list[Row], names: list[str]) -> tuple[list[Row], list[str], list[int]]:
+    """The rows relabelled to the classes they hold (in ``names`` order), those classes' names, and each one's
+    position in ``names``."""
     mask = sorted({r.label for r in rows})
     pos = {c: i for i, c in enumerate(mask)}
     own = [Row(r.rel, pos[r.label], r.classname, r.family, r.text) for r in rows]
-    return {"role": role, "classnames": name, "class_list": [train_names[c] for c in mask], "class_mask": mask,
-            "templates": templates, "rows": own, "reference": "offline-train"}
+    return own, [names[c] for c in mask], mask
 
 
 def name_key(name: str) -> str:
@@ -371,21 +379,27 @@ def plan(cfg: BuildConfig) -> Plan:
         "class_list": [f.name for f in flags],
     }
 
-    # --- validation: the finetuning classes in designs no other split uses ----------------------------------
-    # The val-shift sets drawn from the alignment corpus (val_splits.py) show designs the base was aligned on and
-    # the retrieval captioner's texts describe, which flatters the caption anchors; these two designs are in no
-    # split, as the shift test sets' designs are in none the base saw. Their icons carry no code points.
-    rows = []
-    for key in UNSEEN_VAL_DESIGNS:
-        iset = src.icon_set(key, root)
-        slugs = icons_by_name(iset, table)
-        for label, e in enumerate(train):
-            if e.cp in slugs:
-                rel = job(f"images/val-shift-unseen/{key}/{e.cp}.png", "svg", iset.svg(slugs[e.cp], size), "plain")
-                rows.append(Row(rel, label, e.name, src.FAMILY[key]))
-    if rows:  # tiny test builds may hold no class either design has
-        p.sets["val-shift-unseen"] = masked_shift_set("val-shift-unseen", rows, train_names, EMOJI_TEMPLATES,
-                                                      role="val-shift")
+    # --- validation: the benchmark's classes in designs no other split uses ----------------------------------
+    # The val splits drawn from the alignment corpus (val_splits.py) show designs the base was aligned on and the
+    # retrieval captioner's texts describe, which flatters the caption anchors; these two designs are in no split,
+    # as the test sets' designs are in none the base saw. Their icons carry no code points.
+    unseen = {key: (iset, icons_by_name(iset, table))
+              for key, iset in ((k, src.icon_set(k, root)) for k in UNSEEN_VAL_DESIGNS)}
+    for name, classes in (("val-shift-unseen", train), ("val-zs-unseen", held)):
+        rows = []
+        for key, (iset, slugs) in unseen.items():
+            for label, e in enumerate(classes):
+                if e.cp in slugs:
+                    rel = job(f"images/{name}/{key}/{e.cp}.png", "svg", iset.svg(slugs[e.cp], size), "plain")
+                    rows.append(Row(rel, label, e.name, src.FAMILY[key]))
+        if not rows:  # tiny test builds may hold no class either design has
+            continue
+        if classes is train:  # the finetuning question, over the classes it holds (a trained head reads it)
+            p.sets[name] = masked_shift_set(name, rows, train_names, EMOJI_TEMPLATES, role="val-shift")
+        else:  # zs-emoji's question on the held-out classes it holds, read through the text head
+            own, class_list, _ = held_classes(rows, [e.name for e in held])
+            p.sets[name] = {"role": "val-zeroshot", "classnames": name, "class_list": class_list,
+                            "templates": EMOJI_TEMPLATES, "rows": own}
 
     mn_x, mn_y = src.mnist_test(root)
     fa_x, fa_y = src.fashion_test(Path(cfg.fashion_root))
