@@ -102,13 +102,14 @@ def offline_suite(root: Path | None = None) -> Suite:
 @SUITES.register("offline-val")
 def offline_val_suite(root: Path | None = None) -> Suite:
     """The sets to choose hyperparameters on: ``val`` (ID), the ``val-shift`` sets (the finetuning classes in the
-    base's other designs) and the ``val-zeroshot`` sets (the held-out concepts), both asked on the base's own
-    alignment images (``arf.data.offline.val_splits``). No test set."""
+    base's other designs) and the ``val-zeroshot`` sets (the held-out concepts), asked on the base's own alignment
+    images (``arf.data.offline.val_splits``) and, in the build's ``val-*-unseen`` sets, in two designs no split
+    uses. No test set."""
     from arf.data.offline.checks import VAL_SPLIT_ROLES
     from arf.data.offline.val_splits import val_sets
 
     root, meta = _read_offline(root)
-    # val and the built val splits (val-shift-unseen), then those asked on the alignment corpus's images.
+    # val and the built val splits (val-*-unseen), then those asked on the alignment corpus's images.
     sets = _offline_sets(root, meta, roles=("val", *VAL_SPLIT_ROLES)) + val_sets(root, meta)
     sets.sort(key=lambda s: (ROLES.index(s.role), s.name))
     return Suite("offline-val", sets, info={"root": str(root), "version": meta.get("version")})

@@ -12,8 +12,9 @@ class names and templates — on alignment-corpus images (the base's pretraining
 * ``val-zeroshot`` — the 200 held-out emoji classes (Noto and Twemoji renders) and the 249 countries
   (circle-flags and flagpack renders), with the ``zs-emoji`` / ``zs-flags`` class lists.
 
-The build adds a third ``val-shift`` set, ``val-shift-unseen``, in two emoji designs no split uses (FxEmoji and
-Streamline; ``build.py``): a table of the benchmark like the test sets, read by suite ``offline-val`` only.
+The build adds one more set of each role, ``val-shift-unseen`` and ``val-zs-unseen``, in two emoji designs no split
+uses (FxEmoji and Streamline; ``build.py``): tables of the benchmark like the test sets, read by suite
+``offline-val`` only, and not flattering to anchors drawn from the alignment corpus as the sets here are.
 
 No test image or test design is read; the train and test sets' parquet files are opened for their class lists
 only (path stem -> class name), which are part of the task definition. What both measure is *forgetting of what
