@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated list (``--suite``, ``--roles``, ``--sets``), blanks dropped."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="root of the suites' data (default: $ARF_DATA)")
     # The default is arf.data.formats.EVAL_ROLES, resolved in _options (importing arf.data here would load torch).
@@ -56,7 +61,7 @@ def _options(args: argparse.Namespace) -> Any:
     from arf.data import ROLES
     from arf.data.formats import EVAL_ROLES
 
-    roles = EVAL_ROLES if args.roles is None else tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    roles = EVAL_ROLES if args.roles is None else tuple(_names(args.roles))
 
     bad = [r for r in roles if r not in ROLES]
     check(not bad and bool(roles), "--roles", f"unknown role {bad[0] if bad else ''!r}; choose from "
@@ -71,7 +76,7 @@ def load_sets(suites: str, root: str | None, only: str | None = None) -> list[An
     from arf.config import check
     from arf.data import get_suite
 
-    names = [s.strip() for s in suites.split(",") if s.strip()]
+    names = _names(suites)
     check(bool(names), "--suite", "no suite named")
     sets: dict[str, Any] = {}
     for name in names:
@@ -79,7 +84,7 @@ def load_sets(suites: str, root: str | None, only: str | None = None) -> list[An
             sets.setdefault(ds.name, ds)
     if only is None:
         return list(sets.values())
-    wanted = [s.strip() for s in only.split(",") if s.strip()]
+    wanted = _names(only)
     unknown = [s for s in wanted if s not in sets]
     check(bool(wanted) and not unknown, "--sets",
           f"unknown set {unknown[0] if unknown else ''!r} in suite {suites}; choose from {', '.join(sets)}")

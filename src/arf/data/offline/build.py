@@ -274,13 +274,14 @@ def icons_by_name(iset: src.IconSet, table: dict[str, src.Emoji]) -> dict[str, s
     slugs: dict[str, str] = {}
     for slug in sorted(iset.icons):  # "cloud" < "cloud-1" < "cloud-2": the plain or first variant wins
         slugs.setdefault(name_key(re.sub(r"-\d+$", "", slug)), slug)
+    keys = {cp: (name_key(e.name), name_key(e.unicode_name)) for cp, e in table.items()}  # the CLDR name first
     claims: dict[str, set[str]] = {}
-    for cp, e in table.items():
-        for key in {name_key(e.name), name_key(e.unicode_name)} - {""}:
+    for cp, pair in keys.items():
+        for key in set(pair) - {""}:
             claims.setdefault(key, set()).add(cp)
     out: dict[str, str] = {}
-    for cp, e in table.items():
-        for key in (name_key(e.name), name_key(e.unicode_name)):  # the CLDR name first
+    for cp, pair in keys.items():
+        for key in pair:
             if key in slugs and claims.get(key) == {cp}:
                 out[cp] = slugs[key]
                 break
