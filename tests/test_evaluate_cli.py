@@ -130,6 +130,36 @@ def test_wise_writes_checkpoints_and_records_then_report(bench, finetuned, tmp_p
     assert (rep / "wise_id_vs_ood.png").is_file() and (rep / "wise_id_vs_zeroshot.png").is_file()
 
 
+def test_wise_text_alpha_holds_the_text_side_while_the_image_tower_sweeps(bench, finetuned, tmp_path, capsys):
+    out = tmp_path / "wise"
+    args = ["wise", "--zeroshot", "arf:tiny-clip", "--finetuned", str(finetuned), "--alphas", "0.5,1",
+            "--text-alpha", "0.25", "--out", str(out), "--eval", "offline", "--data-root", str(bench), "--no-progress"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["alpha_0.500_text_0.250", "alpha_1.000_text_0.250"]
+    zs, ft = create_model("arf:tiny-clip").model.state_dict(), create_model(str(finetuned)).model.state_dict()
+    mixed = create_model(str(out / "alpha_1.000_text_0.250")).model.state_dict()
+    image = [k for k in zs if k.startswith("visual.")]
+    text = [k for k in zs
+            if not k.startswith("visual.") and zs[k].is_floating_point() and not torch.equal(zs[k], ft[k])]
+    assert image and text
+    assert all(torch.equal(mixed[k], ft[k]) for k in image)       # the image tower at α 1: the finetuned one
+    assert all(torch.allclose(mixed[k], 0.75 * zs[k] + 0.25 * ft[k], atol=1e-6) for k in text)
+    meta = json.loads((out / "alpha_0.500_text_0.250" / "arf.json").read_text())
+    assert meta["wise"]["alpha"] == 0.5 and meta["wise"]["text_alpha"] == 0.25
+    recs = read_records(out / "records.jsonl")
+    assert {r.method for r in recs} == {"ft-text0.25"} and sorted({r.alpha for r in recs}) == [0.5, 1.0]
+    # resume keeps the folders; a plain sweep into the same folder does not take them for its own
+    mtime = (out / "alpha_0.500_text_0.250" / "open_clip_model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "alpha_0.500_text_0.250" / "open_clip_model.safetensors").stat().st_mtime_ns == mtime
+    assert main(["wise", "--zeroshot", "arf:tiny-clip", "--finetuned", str(finetuned), "--alphas", "0.5",
+                 "--out", str(out)]) == 0
+    assert (out / "alpha_0.500").is_dir()
+    capsys.readouterr()
+    assert main([*args[:7], "--text-alpha", "1.5", "--out", str(out)]) == 2
+    assert "--text-alpha" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["wise", "--zeroshot", "a", "--finetuned", "b", "--alphas", "0:2:0.5", "--out", str(tmp_path)]) == 2
     assert "--alphas" in capsys.readouterr().err

@@ -54,6 +54,25 @@ def test_mismatches_name_the_key():
             interpolate(t0, t1, bad)
 
 
+def test_text_alpha_interpolates_the_text_side_on_its_own():
+    g = torch.Generator().manual_seed(5)
+    t0 = {"visual.w": torch.randn(3, generator=g), "text.w": torch.randn(3, generator=g),
+          "logit_scale": torch.randn(1, generator=g), "visual.n": torch.tensor(1), "text.n": torch.tensor(2)}
+    t1 = {k: (v + 1.0 if v.is_floating_point() else v + 10) for k, v in t0.items()}
+    out = interpolate(t0, t1, 0.8, text_alpha=0.0)
+    assert torch.allclose(out["visual.w"], 0.2 * t0["visual.w"] + 0.8 * t1["visual.w"])
+    for k in ("text.w", "logit_scale", "text.n"):      # α 0 on the text side: the zero-shot model's, buffers too
+        assert torch.equal(out[k], t0[k])
+    assert int(out["visual.n"]) == 11
+    half = interpolate(t0, t1, 1.0, text_alpha=0.5)
+    assert torch.equal(half["visual.w"], t1["visual.w"])
+    assert torch.allclose(half["text.w"], (t0["text.w"] + t1["text.w"]) / 2)
+    same = interpolate(t0, t1, 0.3, text_alpha=0.3)     # equal α: plain WiSE-FT
+    assert all(torch.equal(same[k], v) for k, v in interpolate(t0, t1, 0.3).items())
+    with pytest.raises(ConfigError, match="text_alpha"):
+        interpolate(t0, t1, 0.5, text_alpha=2.0)
+
+
 def test_parse_alphas():
     a = parse_alphas("0:1:0.1")
     assert len(a) == 11 and a[0] == 0.0 and a[-1] == 1.0 and a[3] == 0.3

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--finetuned", required=True, help="the finetuned checkpoint (theta1)")
     w.add_argument("--alphas", default="0:1:0.1", help="start:stop:step (stop included) or a list 0,0.5,1 "
                                                          "(default: 0:1:0.1)")
+    w.add_argument("--text-alpha", type=float, default=None, metavar="T",
+                   help="hold everything outside the image tower (text tower, projection, logit scale) at alpha T "
+                        "while --alphas sweeps the image tower (per-tower WiSE-FT); records' method gets -text<T>")
     w.add_argument("--eval", default=None, metavar="SUITE", help="evaluate each alpha on these suites")
     w.add_argument("--out", default=None, metavar="DIR", help="write a checkpoint per alpha to DIR/alpha_<a>/")
     w.add_argument("--records", default=None,
@@ -138,12 +141,15 @@ def cmd_wise(args: argparse.Namespace) -> int:
     from arf.evaluate import AVERAGES, parse_alphas, role_averages, wise_sweep
 
     alphas = parse_alphas(args.alphas)
+    check(args.text_alpha is None or 0.0 <= args.text_alpha <= 1.0, "--text-alpha",
+          f"{args.text_alpha} is outside [0, 1]")
     check(args.eval is not None or args.out is not None, "--eval/--out", "give --eval SUITE, --out DIR or both")
     opts = _options(args)
     sets = load_sets(args.eval, args.data_root, args.sets) if args.eval else None
     records_path = args.records or (str(Path(args.out) / "records.jsonl") if args.out and sets else None)
     records = wise_sweep(args.zeroshot, args.finetuned, alphas, sets=sets, out_dir=args.out,
-                         records_path=records_path, opts=opts, method=args.method, seed=args.seed)
+                         records_path=records_path, opts=opts, method=args.method, seed=args.seed,
+                         text_alpha=args.text_alpha)
     if records:
         cols = [name for role, name in AVERAGES.items() if any(r.role == role for r in records)]
         print(f"{'alpha':>6}  " + "  ".join(f"{c:>13}" for c in cols))

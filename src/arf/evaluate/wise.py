@@ -21,7 +21,7 @@ import torch
 
 from arf.config import check
 from arf.errors import ConfigError
-from arf.evaluate.zeroshot import Head, zeroshot_head
+from arf.evaluate.zeroshot import Head, is_image_tower_key, zeroshot_head
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 FALLBACK_TEMPLATES = ["a photo of a {}."]
 
 
+def _check_alpha(alpha: Any, field: str) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"{field}: {alpha!r} is not a number in [0, 1]")
+    return float(alpha)
+
+
 def interpolate(
-    theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.Tensor], alpha: float
+    theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.Tensor], alpha: float,
+    *, text_alpha: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """``(1 - alpha) * theta0 + alpha * theta1`` for every floating-point tensor; inputs are not modified.
 
@@ -38,10 +45,13 @@ def interpolate(
     buffers such as BatchNorm's ``num_batches_tracked``, token ids, masks) cannot be averaged; for 0 < α they are
     taken from ``theta1``, the finetuned model, whose buffers describe the weights it was trained with. ``alpha`` 0
     and 1 return exact copies of ``theta0`` and ``theta1``.
+
+    ``text_alpha``, if given, is the α of every tensor outside the image tower (open_clip's ``visual.*``: the text
+    tower, its projection, the logit scale), ``alpha`` staying the image tower's. Per-tower WiSE-FT: a read-out
+    trained on the image features (a probe) depends on the image tower only, zero-shot heads on both.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        raise ConfigError(f"alpha: {alpha!r} is not a number in [0, 1]")
-    alpha = float(alpha)
+    alpha = _check_alpha(alpha, "alpha")
+    text = None if text_alpha is None else _check_alpha(text_alpha, "text_alpha")
     only0 = [k for k in theta0 if k not in theta1]
     only1 = [k for k in theta1 if k not in theta0]
     if only0 or only1:
@@ -56,18 +66,19 @@ def interpolate(
         if t0.shape != t1.shape:
             raise ConfigError(f"state dicts differ: {k!r} has shape {tuple(t0.shape)} in theta0, {tuple(t1.shape)} "
                               "in theta1")
-        if alpha == 0.0:
+        a = alpha if text is None or is_image_tower_key(k) else text
+        if a == 0.0:
             # Every entry of theta0, integer buffers included: α = 0 *is* the zero-shot model, and its weights'
             # fingerprint must equal that model's so its evaluations are recognised (and reused) as the same.
             out[k] = t0.detach().clone()
         elif not (t0.is_floating_point() and t1.is_floating_point()):
             out[k] = t1.detach().clone()
-        elif alpha == 1.0 or torch.equal(t0, t1):
+        elif a == 1.0 or torch.equal(t0, t1):
             # A tensor the finetuning left alone (a frozen tower) stays bit-identical at every α, so the weights'
             # fingerprints — and the zero-shot heads cached by them — do not change along the sweep.
             out[k] = t1.detach().clone()
         else:
-            mixed = (1.0 - alpha) * t0.detach().float() + alpha * t1.detach().float().to(t0.device)
+            mixed = (1.0 - a) * t0.detach().float() + a * t1.detach().float().to(t0.device)
             out[k] = mixed.to(t0.dtype)
     return out
 
@@ -108,8 +119,8 @@ def parse_alphas(spec: str, field: str = "--alphas") -> list[float]:
     return sorted(set(values))
 
 
-def alpha_dirname(alpha: float) -> str:
-    return f"alpha_{alpha:.3f}"
+def alpha_dirname(alpha: float, text_alpha: float | None = None) -> str:
+    return f"alpha_{alpha:.3f}" + ("" if text_alpha is None else f"_text_{text_alpha:.3f}")
 
 
 @dataclass
@@ -123,21 +134,23 @@ class WisePoint:
 
 def wise_points(
     bundle0: Any, bundle1: Any, alphas: Sequence[float], head1: Head | None = None, device: str = "cpu",
-    head0_builder: Callable[[Any, Head], Head] | None = None,
+    head0_builder: Callable[[Any, Head], Head] | None = None, text_alpha: float | None = None,
 ):
     """Yield a :class:`WisePoint` per α. ``bundle0`` is reused as the container of the interpolated weights.
 
     ``head1`` is the finetuned model's trained head, if any; θ0's head is then the zero-shot head of ``bundle0``
-    over the same classes and templates (``head0_builder`` overrides how it is built).
+    over the same classes and templates (``head0_builder`` overrides how it is built). ``text_alpha`` fixes the α
+    of everything outside the image tower (:func:`interpolate`); a trained head, which reads image features,
+    follows the image tower's α.
     """
     theta0 = {k: v.detach().clone() for k, v in bundle0.model.state_dict().items()}
     theta1 = {k: v.detach().clone() for k, v in bundle1.model.state_dict().items()}
-    interpolate(theta0, theta1, 0.0)  # fail on key/shape mismatch before any work
+    interpolate(theta0, theta1, 0.0, text_alpha=text_alpha)  # fail on mismatches and a bad text α before any work
     head0 = None
     if head1 is not None:
         head0 = (head0_builder or zeroshot_reference_head)(bundle0, head1)
     for alpha in alphas:
-        bundle0.model.load_state_dict(interpolate(theta0, theta1, alpha))
+        bundle0.model.load_state_dict(interpolate(theta0, theta1, alpha, text_alpha=text_alpha))
         head = interpolate_heads(head0, head1, alpha) if head1 is not None and head0 is not None else None
         yield WisePoint(alpha=alpha, bundle=bundle0, head=head)
 
@@ -151,13 +164,17 @@ def zeroshot_reference_head(bundle0: Any, head1: Head) -> Head:
     return h
 
 
-def _finished(d: Path, alpha: float) -> bool:
-    """A sweep folder is complete once its ``arf.json`` (written last) names this α."""
+def _finished(d: Path, alpha: float, text_alpha: float | None = None) -> bool:
+    """A sweep folder is complete once its ``arf.json`` (written last) names this α (and text α)."""
     from arf.io import read_json
 
     try:
-        return math.isclose(float(read_json(d / "arf.json")["wise"]["alpha"]), alpha, abs_tol=1e-9)
-    except (OSError, ValueError, KeyError, TypeError):
+        wise = read_json(d / "arf.json")["wise"]
+        text = wise.get("text_alpha")
+        same_text = (text is None) == (text_alpha is None) and (
+            text is None or math.isclose(float(text), float(text_alpha), abs_tol=1e-9))
+        return same_text and math.isclose(float(wise["alpha"]), alpha, abs_tol=1e-9)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -173,6 +190,7 @@ def wise_sweep(
     method: str | None = None,
     seed: int | None = None,
     prefix_cache_bytes: int | None = None,
+    text_alpha: float | None = None,
 ) -> list[Any]:
     """For each α: write ``out_dir/alpha_<α>/`` (a checkpoint loadable by ``create_model``) and/or evaluate ``sets``.
 
@@ -180,6 +198,10 @@ def wise_sweep(
     keeps finished checkpoints and skips evaluations already in ``records_path``. Records name the finetuned
     model and its method, with ``alpha`` set. ``prefix_cache_bytes`` caps the memory for the image activations of
     a shared frozen prefix, cached across α (default 4 GiB; 0 turns the cache off). Records are the same either way.
+
+    ``text_alpha`` holds everything outside the image tower at that α for the whole sweep (per-tower WiSE-FT,
+    :func:`interpolate`); folders are then ``alpha_<α>_text_<t>/`` and records' method gets ``-text<t>``, so that a
+    report shows each text α as a curve of its own.
     """
     from arf.evaluate.prefix_cache import PrefixFeatures
     from arf.evaluate.runner import EvalOptions, evaluate, evaluate_to_file, model_tag
@@ -193,21 +215,27 @@ def wise_sweep(
     bundle1 = create_model(finetuned, device=opts.device)
     head1 = load_trained_head(finetuned)
     tag1 = model_tag(finetuned, method=method, seed=seed)
+    if text_alpha is not None:
+        text_alpha = _check_alpha(text_alpha, "text_alpha")
+        tag1 = type(tag1)(model=tag1.model, method=f"{tag1.method}-text{text_alpha:g}", alpha=tag1.alpha,
+                          seed=tag1.seed, config_hash=tag1.config_hash)
     cap = MAX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
     # Detected before the first α is loaded into bundle0, from both models' weights (not from a training config).
     features = PrefixFeatures.for_models(bundle0.model, bundle1.model, cap) if sets is not None and cap > 0 else None
     records: list[Any] = []
-    for point in wise_points(bundle0, bundle1, alphas, head1=head1, device=opts.device):
-        log.info("WiSE-FT alpha=%.3f", point.alpha)
+    for point in wise_points(bundle0, bundle1, alphas, head1=head1, device=opts.device, text_alpha=text_alpha):
+        log.info("WiSE-FT alpha=%.3f%s", point.alpha, "" if text_alpha is None else f" (text {text_alpha:.3f})")
         if out_dir is not None:
-            d = Path(out_dir) / alpha_dirname(point.alpha)
-            if _finished(d, point.alpha):
+            d = Path(out_dir) / alpha_dirname(point.alpha, text_alpha)
+            if _finished(d, point.alpha, text_alpha):
                 log.info("%s already written; kept", d)
             else:
                 extra: dict[str, Any] = {
                     "method": tag1.method,
                     "wise": {"alpha": point.alpha, "zeroshot": str(zeroshot), "finetuned": str(finetuned)},
                 }
+                if text_alpha is not None:
+                    extra["wise"]["text_alpha"] = text_alpha
                 if tag1.seed is not None:
                     extra["seed"] = tag1.seed
                 d.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,12 @@ def fill_template(template: str, classname: str) -> str:
     return template.replace("{c}", "{}").format(classname)
 
 
+def is_image_tower_key(name: str) -> bool:
+    """open_clip's naming: the image tower lives under ``visual``; the rest (text tower, projections, logit scale)
+    is what the zero-shot head is computed from."""
+    return name.startswith("visual.") or ".visual." in name
+
+
 def weights_fingerprint(model: torch.nn.Module, text_only: bool = False) -> str:
     """Hash of a model's tensors (names, dtypes and bytes); ``text_only`` skips the image tower (``visual.*``).
 
@@ -71,7 +77,7 @@ def weights_fingerprint(model: torch.nn.Module, text_only: bool = False) -> str:
     """
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
-        if text_only and (name.startswith("visual.") or ".visual." in name):
+        if text_only and is_image_tower_key(name):
             continue
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
