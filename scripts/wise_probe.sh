@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# WiSE-FT towers, then a fresh linear probe ("M + wise + probe", docs/RESULTS.md §2, sixteenth session; a read-out
+# variant, not the paper's formulation). For each α: interpolate the finetuned model's weights with the base's
+# (`arf wise --out`, towers and any trained head), train the committed probe (configs/offline/lp.yaml) on that
+# checkpoint's frozen features, and evaluate the probed model. The zero-shot sets read the interpolated towers'
+# text head, as in plain WiSE-FT; the finetuning classes (val, id, shift) read the probe, which replaces the
+# interpolated head.
+#
+#   scripts/wise_probe.sh OUT FINETUNED NAME SEED [ALPHAS=0.5,0.6,0.7,0.8,0.9]
+#   e.g. scripts/wise_probe.sh runs/wise-probe runs/offline-results/arf-s0/final arf 0 0.6
+#   SUITE=offline,offline-val (default; the suites to evaluate)  SETS= (only these sets, e.g. val)  BASE=arf:mini-clip
+#
+# Writes OUT/wise-NAME-sSEED/alpha_<α>/ (the interpolated checkpoints), OUT/NAME-wlp-a<α>-sSEED/ (the probe runs)
+# and appends records to OUT/records.jsonl under method NAME-wlp-a<α>. Finished checkpoints, probes and evaluated
+# sets are kept, so a killed run is simply started again. The evaluation's log goes to the probe run's eval.log,
+# not to stderr, so that α can be chosen on val records before any test number is in sight.
+set -euo pipefail
+[ $# -ge 4 ] || { sed -n 2,16p "$0" >&2; exit 2; }
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export ARF_HOME="${ARF_HOME:-$HOME/.cache/arf}"
+export PATH="$ARF_HOME/venv/bin:$PATH" HF_HUB_OFFLINE=1
+out="$1" finetuned="$2" name="$3" seed="$4" alphas="${5:-0.5,0.6,0.7,0.8,0.9}"
+cd "$repo"
+mkdir -p "$out"
+wise="$out/wise-$name-s$seed"
+python -m arf.cli wise --zeroshot "${BASE:-arf:mini-clip}" --finetuned "$finetuned" --alphas "$alphas" --out "$wise" \
+  --no-progress >/dev/null
+sets=()
+[ -z "${SETS:-}" ] || sets=(--sets "$SETS")
+# α as `arf wise` parses and names them (0.6 -> alpha_0.600)
+while read -r a dir; do
+  ckpt="$wise/$dir"
+  run="$name-wlp-a$a-s$seed"
+  if [ ! -f "$out/$run/final/arf.json" ]; then
+    echo "[wise-probe] probe $run ($(date +%T))" >&2
+    python -m arf.cli train --config configs/offline/lp.yaml --out-dir "$out" --name "$run" \
+      --set model="$ckpt" --set seed="$seed" --set progress=false >/dev/null 2>"$out/$run.train.log"
+  fi
+  python -m arf.cli eval --model "$out/$run/final" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" \
+    --method "$name-wlp-a$a" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
+    2>>"$out/$run/eval.log" || { echo "[wise-probe] eval failed: see $out/$run/eval.log" >&2; exit 1; }
+done < <(python -c 'import sys; from arf.evaluate.wise import alpha_dirname, parse_alphas
+for a in parse_alphas(sys.argv[1]): print(f"{a:g}", alpha_dirname(a))' "$alphas")
+echo "[wise-probe] records: $out/records.jsonl" >&2
