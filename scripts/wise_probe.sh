@@ -9,13 +9,15 @@
 #   scripts/wise_probe.sh OUT FINETUNED NAME SEED [ALPHAS=0.5,0.6,0.7,0.8,0.9]
 #   e.g. scripts/wise_probe.sh runs/wise-probe runs/offline-results/arf-s0/final arf 0 0.6
 #   SUITE=offline,offline-val (default; the suites to evaluate)  SETS= (only these sets, e.g. val)  BASE=arf:mini-clip
+#   TEXT_ALPHA=T holds the text side at T while α sweeps the image tower (`arf wise --text-alpha`, per-tower WiSE-FT)
 #
-# Writes OUT/wise-NAME-sSEED/alpha_<α>/ (the interpolated checkpoints), OUT/NAME-wlp-a<α>-sSEED/ (the probe runs)
-# and appends records to OUT/records.jsonl under method NAME-wlp-a<α>. Finished checkpoints, probes and evaluated
-# sets are kept, so a killed run is simply started again. The evaluation's log goes to the probe run's eval.log,
-# not to stderr, so that α can be chosen on val records before any test number is in sight.
+# Writes OUT/wise-NAME-sSEED/alpha_<α>[_text_<T>]/ (the interpolated checkpoints), OUT/NAME-wlp-a<α>[-t<T>]-sSEED/
+# (the probe runs) and appends records to OUT/records.jsonl under method NAME-wlp-a<α>[-t<T>]. Finished
+# checkpoints, probes and evaluated sets are kept, so a killed run is simply started again. The evaluation's log
+# goes to the probe run's eval.log, not to stderr, so that α can be chosen on val records before any test number
+# is in sight.
 set -euo pipefail
-[ $# -ge 4 ] || { sed -n 2,16p "$0" >&2; exit 2; }
+[ $# -ge 4 ] || { sed -n 2,18p "$0" >&2; exit 2; }
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 export ARF_HOME="${ARF_HOME:-$HOME/.cache/arf}"
 export PATH="$ARF_HOME/venv/bin:$PATH" HF_HUB_OFFLINE=1
@@ -23,22 +25,25 @@ out="$1" finetuned="$2" name="$3" seed="$4" alphas="${5:-0.5,0.6,0.7,0.8,0.9}"
 cd "$repo"
 mkdir -p "$out"
 wise="$out/wise-$name-s$seed"
+text=() tag=""
+[ -z "${TEXT_ALPHA:-}" ] || { text=(--text-alpha "$TEXT_ALPHA"); tag="-t$TEXT_ALPHA"; }
 python -m arf.cli wise --zeroshot "${BASE:-arf:mini-clip}" --finetuned "$finetuned" --alphas "$alphas" --out "$wise" \
-  --no-progress >/dev/null
+  "${text[@]}" --no-progress >/dev/null
 sets=()
 [ -z "${SETS:-}" ] || sets=(--sets "$SETS")
 # α as `arf wise` parses and names them (0.6 -> alpha_0.600)
 while read -r a dir; do
   ckpt="$wise/$dir"
-  run="$name-wlp-a$a-s$seed"
+  run="$name-wlp-a$a$tag-s$seed"
   if [ ! -f "$out/$run/final/arf.json" ]; then
     echo "[wise-probe] probe $run ($(date +%T))" >&2
     python -m arf.cli train --config configs/offline/lp.yaml --out-dir "$out" --name "$run" \
       --set model="$ckpt" --set seed="$seed" --set progress=false >/dev/null 2>"$out/$run.train.log"
   fi
   python -m arf.cli eval --model "$out/$run/final" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" \
-    --method "$name-wlp-a$a" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
+    --method "$name-wlp-a$a$tag" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
     2>>"$out/$run/eval.log" || { echo "[wise-probe] eval failed: see $out/$run/eval.log" >&2; exit 1; }
 done < <(python -c 'import sys; from arf.evaluate.wise import alpha_dirname, parse_alphas
-for a in parse_alphas(sys.argv[1]): print(f"{a:g}", alpha_dirname(a))' "$alphas")
+t = float(sys.argv[2]) if sys.argv[2] else None
+for a in parse_alphas(sys.argv[1]): print(f"{a:g}", alpha_dirname(a, t))' "$alphas" "${TEXT_ALPHA:-}")
 echo "[wise-probe] records: $out/records.jsonl" >&2
