@@ -4,12 +4,14 @@
 per α, writes a checkpoint and/or evaluates. For methods with a trained head (``ft``/``lp``/``lpft``) the head is
 interpolated too, θ0's head being the zero-shot text head of the zero-shot model over the trained head's classes
 (the head ``ft`` starts from); for ``flyp``/``arf`` the interpolated text tower gives the zero-shot head itself.
+``text_alpha`` holds everything outside the image tower at an α of its own (per-tower WiSE-FT).
 Image-tower blocks that both models hold bit-identically (a frozen prefix) are run once per set, not once per α
 (:mod:`arf.evaluate.prefix_cache`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -217,8 +219,7 @@ def wise_sweep(
     tag1 = model_tag(finetuned, method=method, seed=seed)
     if text_alpha is not None:
         text_alpha = _check_alpha(text_alpha, "text_alpha")
-        tag1 = type(tag1)(model=tag1.model, method=f"{tag1.method}-text{text_alpha:g}", alpha=tag1.alpha,
-                          seed=tag1.seed, config_hash=tag1.config_hash)
+        tag1 = dataclasses.replace(tag1, method=f"{tag1.method}-text{text_alpha:g}")
     cap = MAX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
     # Detected before the first α is loaded into bundle0, from both models' weights (not from a training config).
     features = PrefixFeatures.for_models(bundle0.model, bundle1.model, cap) if sets is not None and cap > 0 else None
