@@ -39,6 +39,9 @@ while read -r a dir; do
     echo "[wise-probe] probe $run ($(date +%T))" >&2
     python -m arf.cli train --config configs/offline/lp.yaml --out-dir "$out" --name "$run" \
       --set model="$ckpt" --set seed="$seed" --set progress=false >/dev/null 2>"$out/$run.train.log"
+    # final/ is complete (the train command exits non-zero otherwise): its resume points only take disk space
+    # (with the interpolated checkpoints they filled 25 GB in a 5-α sweep of three models × three seeds).
+    rm -rf "$out/$run/checkpoints"
   fi
   python -m arf.cli eval --model "$out/$run/final" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" \
     --method "$name-wlp-a$a$tag" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
