@@ -139,10 +139,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_wise(args: argparse.Namespace) -> int:
     from arf.config import check
     from arf.evaluate import AVERAGES, parse_alphas, role_averages, wise_sweep
+    from arf.evaluate.wise import check_alpha
 
     alphas = parse_alphas(args.alphas)
-    check(args.text_alpha is None or 0.0 <= args.text_alpha <= 1.0, "--text-alpha",
-          f"{args.text_alpha} is outside [0, 1]")
+    if args.text_alpha is not None:
+        check_alpha(args.text_alpha, "--text-alpha")
     check(args.eval is not None or args.out is not None, "--eval/--out", "give --eval SUITE, --out DIR or both")
     opts = _options(args)
     sets = load_sets(args.eval, args.data_root, args.sets) if args.eval else None

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 FALLBACK_TEMPLATES = ["a photo of a {}."]
 
 
-def _check_alpha(alpha: Any, field: str) -> float:
+def check_alpha(alpha: Any, field: str = "alpha") -> float:
+    """``alpha`` as a float in [0, 1], or a ConfigError naming ``field`` (the option or argument it came from)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
         raise ConfigError(f"{field}: {alpha!r} is not a number in [0, 1]")
     return float(alpha)
@@ -52,8 +53,8 @@ def interpolate(
     tower, its projection, the logit scale), ``alpha`` staying the image tower's. Per-tower WiSE-FT: a read-out
     trained on the image features (a probe) depends on the image tower only, zero-shot heads on both.
     """
-    alpha = _check_alpha(alpha, "alpha")
-    text = None if text_alpha is None else _check_alpha(text_alpha, "text_alpha")
+    alpha = check_alpha(alpha, "alpha")
+    text = None if text_alpha is None else check_alpha(text_alpha, "text_alpha")
     only0 = [k for k in theta0 if k not in theta1]
     only1 = [k for k in theta1 if k not in theta0]
     if only0 or only1:
@@ -218,7 +219,7 @@ def wise_sweep(
     head1 = load_trained_head(finetuned)
     tag1 = model_tag(finetuned, method=method, seed=seed)
     if text_alpha is not None:
-        text_alpha = _check_alpha(text_alpha, "text_alpha")
+        text_alpha = check_alpha(text_alpha, "text_alpha")
         tag1 = dataclasses.replace(tag1, method=f"{tag1.method}-text{text_alpha:g}")
     cap = MAX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
     # Detected before the first α is loaded into bundle0, from both models' weights (not from a training config).
