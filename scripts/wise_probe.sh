@@ -10,9 +10,13 @@
 #   e.g. scripts/wise_probe.sh runs/wise-probe runs/offline-results/arf-s0/final arf 0 0.6
 #   SUITE=offline,offline-val (default; the suites to evaluate)  SETS= (only these sets, e.g. val)  BASE=arf:mini-clip
 #   TEXT_ALPHA=T holds the text side at T while α sweeps the image tower (`arf wise --text-alpha`, per-tower WiSE-FT)
+#   TEXT_AFTER=T once each probe is trained, moves the probed model's text side (which the probe never reads) to T
+#     of the finetuned model's (T/α of the probed one: `arf wise --finetuned <probe> --alphas 1 --text-alpha T/α`)
+#     and evaluates that too, as NAME-wlp-a<α>-pt<T> (the sixteenth session's step 3; probe first, then the text
+#     side, because the probe starts from the text side's zero-shot head). Image tower and probe stay bit-identical.
 #
 # Writes OUT/wise-NAME-sSEED/alpha_<α>[_text_<T>]/ (the interpolated checkpoints), OUT/NAME-wlp-a<α>[-t<T>]-sSEED/
-# (the probe runs) and appends records to OUT/records.jsonl under method NAME-wlp-a<α>[-t<T>]. Finished
+# (the probe runs; with TEXT_AFTER also their text-moved checkpoint under text-<T>/) and appends records to OUT/records.jsonl under method NAME-wlp-a<α>[-t<T>]. Finished
 # checkpoints, probes and evaluated sets are kept, so a killed run is simply started again. The evaluation's log
 # goes to the probe run's eval.log, not to stderr, so that α can be chosen on val records before any test number
 # is in sight.
@@ -46,6 +50,16 @@ while read -r a dir; do
   python -m arf.cli eval --model "$out/$run/final" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" \
     --method "$name-wlp-a$a$tag" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
     2>>"$out/$run/eval.log" || { echo "[wise-probe] eval failed: see $out/$run/eval.log" >&2; exit 1; }
+  [ -n "${TEXT_AFTER:-}" ] || continue
+  t=$(python -c 'import sys; t = float(sys.argv[1]) / float(sys.argv[2])
+if t > 1: sys.exit(f"TEXT_AFTER={sys.argv[1]} is more than alpha {sys.argv[2]}: the probed text side holds only that much")
+print(f"{t:g}")' "$TEXT_AFTER" "$a")
+  python -m arf.cli wise --zeroshot "${BASE:-arf:mini-clip}" --finetuned "$out/$run/final" --alphas 1 \
+    --text-alpha "$t" --out "$out/$run/text-$TEXT_AFTER" --no-progress >/dev/null
+  python -m arf.cli eval --model "$out/$run/text-$TEXT_AFTER/$(python -c 'import sys; from arf.evaluate.wise import alpha_dirname
+print(alpha_dirname(1.0, float(sys.argv[1])))' "$t")" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" \
+    --method "$name-wlp-a$a$tag-pt$TEXT_AFTER" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
+    2>>"$out/$run/eval-text.log" || { echo "[wise-probe] eval failed: see $out/$run/eval-text.log" >&2; exit 1; }
 done < <(python -c 'import sys; from arf.evaluate.wise import alpha_dirname, parse_alphas
 t = float(sys.argv[2]) if sys.argv[2] else None
 for a in parse_alphas(sys.argv[1]): print(f"{a:g}", alpha_dirname(a, t))' "$alphas" "${TEXT_ALPHA:-}")
