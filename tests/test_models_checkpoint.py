@@ -37,6 +37,10 @@ def test_roundtrip_through_arf_and_plain_open_clip(tmp_path) -> None:
     assert {p.name for p in out.iterdir()} == {"open_clip_model.safetensors", "open_clip_config.json", "arf.json"}
     meta = json.loads((out / "arf.json").read_text())
     assert meta["model_id"] == "arf:tiny-clip" and meta["method"] == "flyp"
+    # provenance: what made these weights (numbers differ between CPU models and library versions)
+    assert torch.__version__.startswith(meta["env"]["packages"]["torch"])
+    assert meta["env"]["packages"]["open_clip_torch"] == open_clip.__version__
+    assert meta["env"]["cpu"] and meta["env"]["python"].count(".") == 2
 
     ref = _outputs(b.model, b.tokenizer, b.preprocess_val)
 

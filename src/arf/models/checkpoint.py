@@ -2,7 +2,8 @@
 
 The first two are open_clip's own local-dir format, so a finetuned open_clip-family model loads in plain
 open_clip (``create_model_and_transforms("local-dir:<dir>")`` or ``(name, pretrained=<file>)``). ``arf.json``
-holds the model id, the ARF version and ``bundle.info`` (enough to rebuild any family, including ``hf:``).
+holds the model id, the ARF version, ``bundle.info`` (enough to rebuild any family, including ``hf:``) and ``env``,
+the library versions and hardware that made it (:mod:`arf.provenance`: results differ between CPU models).
 Each file is written atomically and ``arf.json`` last, so a folder without it is an unfinished save.
 """
 
@@ -29,6 +30,7 @@ def save_checkpoint(bundle: ClipBundle, out_dir: str | Path, extra: dict[str, An
     from safetensors.torch import save_file
 
     from arf import __version__
+    from arf.provenance import environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,7 @@ def save_checkpoint(bundle: ClipBundle, out_dir: str | Path, extra: dict[str, An
     if family == "open_clip":
         write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": bundle.info["model_cfg"],
                                             "preprocess_cfg": bundle.info["preprocess_cfg"]})
-    meta = {"model_id": bundle.model_id, "arf_version": __version__, "info": bundle.info}
+    meta = {"model_id": bundle.model_id, "arf_version": __version__, "info": bundle.info, "env": environment()}
     meta.update(extra or {})
     write_json(out / ARF_JSON, meta)
     return out
