@@ -90,6 +90,8 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     assert ft_row["cells"][ft1["set"]]["mean"] == pytest.approx(ft1["value"])
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) >= {"data", "zeroshot", "captions", "pool", "train", "wise", "report"}
+    env = json.loads((out / "env.json").read_text())  # which machine made these numbers
+    assert env["cpu"] and env["packages"]["torch"]
 
 
 def test_demo_rejects_unknown_method(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from arf.config import check, load_config, save_config
 from arf.data.offline import BuildConfig
 from arf.errors import ConfigError
 from arf.models.align import BaseBuildConfig
+from arf.provenance import environment
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +230,13 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
         report = build_report(current, out / "report")
 
     write_json(out / "timings.json", timer.times)
+    # Numbers differ between CPU models (docs/BENCHMARKS.md, run Q): say which machine these are.
+    env = environment()
+    write_json(out / "env.json", env)
     log.info("stage times: %s", ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
     print(f"\ndemo finished in {timer.summary()}; report: {report.markdown_path.parent}")
+    print(f"machine: {env['accelerator'] or env['cpu']}, {env['torch_threads']} torch threads, "
+          f"torch {env['packages'].get('torch', '?')} ({out / 'env.json'})")
     print(report.markdown_path.read_text())
     return report.markdown_path.parent
 
