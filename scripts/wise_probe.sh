@@ -16,7 +16,8 @@
 #     side, because the probe starts from the text side's zero-shot head). Image tower and probe stay bit-identical.
 #
 # Writes OUT/wise-NAME-sSEED/alpha_<α>[_text_<T>]/ (the interpolated checkpoints), OUT/NAME-wlp-a<α>[-t<T>]-sSEED/
-# (the probe runs; with TEXT_AFTER also their text-moved checkpoint under text-<T>/) and appends records to OUT/records.jsonl under method NAME-wlp-a<α>[-t<T>]. Finished
+# (the probe runs; with TEXT_AFTER also their text-moved checkpoint under text-<T>/) and appends records to
+# OUT/records.jsonl under method NAME-wlp-a<α>[-t<T>] (and NAME-wlp-a<α>[-t<T>]-pt<T'> for TEXT_AFTER). Finished
 # checkpoints, probes and evaluated sets are kept, so a killed run is simply started again. The evaluation's log
 # goes to the probe run's eval.log, not to stderr, so that α can be chosen on val records before any test number
 # is in sight.

@@ -17,10 +17,10 @@ from typing import Any
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers", "numpy", "pillow", "safetensors")
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows), or ``"unknown"``."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
