@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -205,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         x.add_argument("--k", type=int, default=50)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from arf.provenance import cpu_model
+
     rows = {"synthetic": cmd_synthetic, "pool": cmd_pool, "embed": cmd_embed}[a.cmd](a)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores visible, "
           f"threads={a.threads}; command: python benchmarks/bench_retrieval.py {' '.join(argv or sys.argv[1:])}")
     if a.json:
         with open(a.json, "a") as f:
