@@ -36,6 +36,12 @@ python -m arf.cli wise --zeroshot "${BASE:-arf:mini-clip}" --finetuned "$finetun
   "${text[@]}" --no-progress >/dev/null
 sets=()
 [ -z "${SETS:-}" ] || sets=(--sets "$SETS")
+# evaluate MODEL METHOD LOG: append MODEL's records under METHOD; the log (test sets included) goes to LOG
+evaluate() {
+  python -m arf.cli eval --model "$1" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" --method "$2" \
+    --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null 2>>"$3" \
+    || { echo "[wise-probe] eval failed: see $3" >&2; exit 1; }
+}
 # α as `arf wise` parses and names them (0.6 -> alpha_0.600)
 while read -r a dir; do
   ckpt="$wise/$dir"
@@ -48,19 +54,17 @@ while read -r a dir; do
     # (with the interpolated checkpoints they filled 25 GB in a 5-α sweep of three models × three seeds).
     rm -rf "$out/$run/checkpoints"
   fi
-  python -m arf.cli eval --model "$out/$run/final" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" \
-    --method "$name-wlp-a$a$tag" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
-    2>>"$out/$run/eval.log" || { echo "[wise-probe] eval failed: see $out/$run/eval.log" >&2; exit 1; }
+  evaluate "$out/$run/final" "$name-wlp-a$a$tag" "$out/$run/eval.log"
   [ -n "${TEXT_AFTER:-}" ] || continue
-  t=$(python -c 'import sys; t = float(sys.argv[1]) / float(sys.argv[2])
+  # T/α of the probed text side, and the folder `arf wise` names for it; one failure (T > α) stops the script
+  moved=$(python -c 'import sys; from arf.evaluate.wise import alpha_dirname
+t = float(sys.argv[1]) / float(sys.argv[2])
 if t > 1: sys.exit(f"TEXT_AFTER={sys.argv[1]} is more than alpha {sys.argv[2]}: the probed text side holds only that much")
-print(f"{t:g}")' "$TEXT_AFTER" "$a")
+print(f"{t:g}", alpha_dirname(1.0, float(f"{t:g}")))' "$TEXT_AFTER" "$a")
+  read -r t tdir <<< "$moved"
   python -m arf.cli wise --zeroshot "${BASE:-arf:mini-clip}" --finetuned "$out/$run/final" --alphas 1 \
     --text-alpha "$t" --out "$out/$run/text-$TEXT_AFTER" --no-progress >/dev/null
-  python -m arf.cli eval --model "$out/$run/text-$TEXT_AFTER/$(python -c 'import sys; from arf.evaluate.wise import alpha_dirname
-print(alpha_dirname(1.0, float(sys.argv[1])))' "$t")" --suite "${SUITE:-offline,offline-val}" "${sets[@]}" \
-    --method "$name-wlp-a$a$tag-pt$TEXT_AFTER" --seed "$seed" --out "$out/records.jsonl" --no-progress >/dev/null \
-    2>>"$out/$run/eval-text.log" || { echo "[wise-probe] eval failed: see $out/$run/eval-text.log" >&2; exit 1; }
+  evaluate "$out/$run/text-$TEXT_AFTER/$tdir" "$name-wlp-a$a$tag-pt$TEXT_AFTER" "$out/$run/eval-text.log"
 done < <(python -c 'import sys; from arf.evaluate.wise import alpha_dirname, parse_alphas
 t = float(sys.argv[2]) if sys.argv[2] else None
 for a in parse_alphas(sys.argv[1]): print(f"{a:g}", alpha_dirname(a, t))' "$alphas" "${TEXT_ALPHA:-}")
