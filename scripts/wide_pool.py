@@ -6,11 +6,14 @@ hands out nearly all of it. This adds the ~8,100 public-domain OpenClipArt drawi
 and retrieves anchors from the union exactly as ``arf demo``'s pool stage does (base model, text2image, every
 offline evaluation set excluded). docs/RESULTS.md §2 (eighteenth session) screened ARF on these anchors on val.
 
-    python scripts/wide_pool.py OUT [--openclipart DIR] [--k 50]
+    python scripts/wide_pool.py OUT [--openclipart DIR] [--k 50] [--filter]
     # then: arf train --config configs/offline/arf.yaml --set anchors=OUT/anchors/retrieved
 
 Writes OUT/pool/pool.parquet (+ images: the offline pool's copied, OpenClipArt rendered 112 px on white, the
 Tux Paint drawings' style), OUT/anchors/pool-emb (embeddings, FAISS index) and OUT/anchors/retrieved.
+``--filter`` keeps, as CC3M and LAION filter their pairs, only the OpenClipArt pairs whose base image–text cosine
+is at least the median of the offline pool's own pairs (OUT/pool/pool-filtered.parquet; the wide pool's embeddings
+stay in OUT/anchors/pool-emb-unfiltered): the pool the plain val rule chose (docs/RESULTS.md §2, eighteenth session).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import shutil
 from collections import Counter
 from multiprocessing import Pool
 from pathlib import Path
+
+import numpy as np
 
 OPENCLIPART = Path("/usr/share/openclipart/svg")
 # A title carried by this many drawings or more names a collection ("gramastar", "Etiquette Icons"), not a picture.
@@ -89,6 +94,33 @@ def build_pool(base_root: Path, clipart: Path, out: Path, size: int = 112, worke
     return path
 
 
+def well_matched(cosine: np.ndarray, added: np.ndarray) -> np.ndarray:
+    """Rows to keep: every row not ``added``, and the added ones whose image–text cosine is at least the median of
+    the others' (the offline pool's pairs: how well a pair the benchmark trusts is matched)."""
+    floor = float(np.median(cosine[~added]))
+    return ~added | (cosine >= floor)
+
+
+def filter_pool(pool: Path, emb: Path) -> Path:
+    """Write ``pool``'s well-matched rows (:func:`well_matched`, by the embeddings in ``emb``) beside it."""
+    import pyarrow.parquet as pq
+
+    from arf.anchors.pool import load_embeddings
+
+    img, meta = load_embeddings(emb, "image")
+    txt, _ = load_embeddings(emb, "text")
+    cosine = (img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
+    added = np.array(["/openclipart/" in p for p in meta.column("path").to_pylist()])
+    keep = set(np.asarray(meta.column("sha256").to_pylist(), dtype=object)[well_matched(cosine, added)])
+    table = pq.read_table(pool)
+    rows = table.filter([sha in keep for sha in table.column("sha256").to_pylist()])
+    out = pool.with_name("pool-filtered.parquet")
+    pq.write_table(rows, out)
+    print(f"filtered: {int(added.sum())} OpenClipArt pairs, {len(rows) - int((~added).sum())} kept (cosine >= "
+          f"{float(np.median(cosine[~added])):.3f}, the offline pairs' median): {out}")
+    return out
+
+
 def retrieve_anchors(pool: Path, data_root: Path, out: Path, k: int) -> None:
     """``arf demo``'s pool stage on ``pool``: embed, index, retrieve for train's classes, evaluation sets excluded."""
     from arf.anchors.config import IndexConfig, PoolConfig, RetrieveConfig
@@ -109,6 +141,8 @@ def retrieve_anchors(pool: Path, data_root: Path, out: Path, k: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from arf.anchors.config import PoolConfig
+    from arf.anchors.pool import embed_pool
     from arf.paths import data_dir
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -117,9 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, help="offline benchmark build (default: the cached one)")
     ap.add_argument("--k", type=int, default=50, help="anchors per class (the committed k)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--filter", action="store_true", help="keep only well-matched OpenClipArt pairs (see above)")
     args = ap.parse_args(argv)
     data_root = args.data_root or data_dir() / "offline" / "v1"
     pool = build_pool(data_root, args.openclipart, args.out / "pool", workers=args.workers)
+    if args.filter:
+        emb = args.out / "anchors" / "pool-emb-unfiltered"
+        embed_pool(PoolConfig(source=str(pool), out=str(emb), model="arf:mini-clip", progress=False),
+                   replace_stale=True)
+        pool = filter_pool(pool, emb)
     retrieve_anchors(pool, data_root, args.out / "anchors", args.k)
     return 0
 

@@ -55,3 +55,11 @@ def test_build_pool_keeps_the_offline_rows_and_adds_rendered_unique_drawings(tmp
     # the unrenderable drawing is counted, not silently lost
     out = capsys.readouterr().out
     assert "1 offline + 2 OpenClipArt (1 unrenderable, 0 duplicate pictures dropped) = 3 pairs" in out
+
+
+def test_filter_keeps_every_offline_pair_and_added_pairs_at_least_as_well_matched_as_their_median():
+    import numpy as np
+
+    cosine = np.array([0.1, 0.2, 0.3, 0.05, 0.2, 0.25, 0.19])
+    added = np.array([False, False, False, True, True, True, True])
+    assert wide["well_matched"](cosine, added).tolist() == [True, True, True, False, True, True, False]
