@@ -11,8 +11,8 @@ offline evaluation set excluded). docs/RESULTS.md §2 (eighteenth session) scree
 
 Writes OUT/pool/pool.parquet (+ images: the offline pool's copied, OpenClipArt rendered 112 px on white, the
 Tux Paint drawings' style), OUT/anchors/pool-emb (embeddings, FAISS index) and OUT/anchors/retrieved.
-``--filter`` keeps, as CC3M and LAION filter their pairs, only the OpenClipArt pairs whose base image–text cosine
-is at least the median of the offline pool's own pairs (OUT/pool/pool-filtered.parquet; the wide pool's embeddings
+``--filter`` keeps, as LAION filters its pairs by CLIP image–text cosine, only the OpenClipArt pairs whose cosine under
+the base model is at least the offline pool pairs' median (OUT/pool/pool-filtered.parquet; the wide pool's embeddings
 stay in OUT/anchors/pool-emb-unfiltered): the pool the plain val rule chose (docs/RESULTS.md §2, eighteenth session).
 """
 
