@@ -18,7 +18,8 @@ import argparse
 import re
 from collections import defaultdict
 
-from arf.evaluate.records import Record, dedupe, read_records, role_averages
+from arf.evaluate.records import Record, dedupe, role_averages
+from arf.report import collect_records
 
 ID, SHIFT, ZS = "ID", "OOD avg", "zero-shot avg"
 
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--id-within", type=float, default=1.0)
     ap.add_argument("--metric", default="top1")
     args = ap.parse_args(argv)
-    records = [r for path in args.records for r in read_records(path)]
-    avg = averages(records, args.metric)
+    avg = averages(collect_records(args.records), args.metric)
     peers = [p for p in args.peers.split(",") if p]
     wise = [w for w in args.wise.split(",") if w]
     seeds = sorted({s for (m, a, s) in avg if m == args.method and a is None and s is not None})

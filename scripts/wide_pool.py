@@ -94,11 +94,19 @@ def build_pool(base_root: Path, clipart: Path, out: Path, size: int = 112, worke
     return path
 
 
-def well_matched(cosine: np.ndarray, added: np.ndarray) -> np.ndarray:
-    """Rows to keep: every row not ``added``, and the added ones whose image–text cosine is at least the median of
-    the others' (the offline pool's pairs: how well a pair the benchmark trusts is matched)."""
+def well_matched(cosine: np.ndarray, added: np.ndarray) -> tuple[np.ndarray, float]:
+    """Rows to keep, and the floor: every row not ``added``, and the added ones whose image–text cosine is at least
+    the median of the others' (the offline pool's pairs: how well a pair the benchmark trusts is matched)."""
     floor = float(np.median(cosine[~added]))
-    return ~added | (cosine >= floor)
+    return ~added | (cosine >= floor), floor
+
+
+def embed(pool: Path, emb: Path) -> None:
+    """Embed ``pool`` with the base into ``emb`` (again, if ``emb`` holds another pool's embeddings)."""
+    from arf.anchors.config import PoolConfig
+    from arf.anchors.pool import embed_pool
+
+    embed_pool(PoolConfig(source=str(pool), out=str(emb), model="arf:mini-clip", progress=False), replace_stale=True)
 
 
 def filter_pool(pool: Path, emb: Path) -> Path:
@@ -111,21 +119,21 @@ def filter_pool(pool: Path, emb: Path) -> Path:
     txt, _ = load_embeddings(emb, "text")
     cosine = (img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
     added = np.array(["/openclipart/" in p for p in meta.column("path").to_pylist()])
-    keep = set(np.asarray(meta.column("sha256").to_pylist(), dtype=object)[well_matched(cosine, added)])
+    mask, floor = well_matched(cosine, added)
+    keep = set(np.asarray(meta.column("sha256").to_pylist(), dtype=object)[mask])
     table = pq.read_table(pool)
     rows = table.filter([sha in keep for sha in table.column("sha256").to_pylist()])
     out = pool.with_name("pool-filtered.parquet")
     pq.write_table(rows, out)
     print(f"filtered: {int(added.sum())} OpenClipArt pairs, {len(rows) - int((~added).sum())} kept (cosine >= "
-          f"{float(np.median(cosine[~added])):.3f}, the offline pairs' median): {out}")
+          f"{floor:.3f}, the offline pairs' median): {out}")
     return out
 
 
 def retrieve_anchors(pool: Path, data_root: Path, out: Path, k: int) -> None:
     """``arf demo``'s pool stage on ``pool``: embed, index, retrieve for train's classes, evaluation sets excluded."""
-    from arf.anchors.config import IndexConfig, PoolConfig, RetrieveConfig
+    from arf.anchors.config import IndexConfig, RetrieveConfig
     from arf.anchors.index import build_pool_index
-    from arf.anchors.pool import embed_pool
     from arf.anchors.retrieve import retrieve
     from arf.anchors.sources import suite_spec
     from arf.data.suites import get_suite
@@ -133,7 +141,7 @@ def retrieve_anchors(pool: Path, data_root: Path, out: Path, k: int) -> None:
     suite = get_suite("offline", root=data_root)
     excluded = [suite_spec("offline", s.name, data_root) for s in suite.sets if s.role != "train"]
     emb = out / "pool-emb"
-    embed_pool(PoolConfig(source=str(pool), out=str(emb), model="arf:mini-clip", progress=False), replace_stale=True)
+    embed(pool, emb)
     build_pool_index(IndexConfig(emb=str(emb)))
     res = retrieve(RetrieveConfig(emb=str(emb), images=suite_spec("offline", "train", data_root), model="arf:mini-clip",
                                   strategy="text2image", k=k, exclude=excluded, out=str(out / "retrieved")))
@@ -141,8 +149,6 @@ def retrieve_anchors(pool: Path, data_root: Path, out: Path, k: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from arf.anchors.config import PoolConfig
-    from arf.anchors.pool import embed_pool
     from arf.paths import data_dir
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -157,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = build_pool(data_root, args.openclipart, args.out / "pool", workers=args.workers)
     if args.filter:
         emb = args.out / "anchors" / "pool-emb-unfiltered"
-        embed_pool(PoolConfig(source=str(pool), out=str(emb), model="arf:mini-clip", progress=False),
-                   replace_stale=True)
+        embed(pool, emb)
         pool = filter_pool(pool, emb)
     retrieve_anchors(pool, data_root, args.out / "anchors", args.k)
     return 0

@@ -62,4 +62,6 @@ def test_filter_keeps_every_offline_pair_and_added_pairs_at_least_as_well_matche
 
     cosine = np.array([0.1, 0.2, 0.3, 0.05, 0.2, 0.25, 0.19])
     added = np.array([False, False, False, True, True, True, True])
-    assert wide["well_matched"](cosine, added).tolist() == [True, True, True, False, True, True, False]
+    mask, floor = wide["well_matched"](cosine, added)
+    assert mask.tolist() == [True, True, True, False, True, True, False]
+    assert floor == 0.2
