@@ -17,7 +17,7 @@ from arf.anchors.pool import embed_pool
 from arf.anchors.retrieve import STRATEGIES, Queries, excluded_rows, load_anchors, retrieve, select_anchors
 from arf.anchors.sources import ImageSet, resolve_set
 from arf.cli import main
-from arf.errors import ArfError
+from arf.errors import ArfError, ConfigError
 from test_anchors_common import make_folder_set, make_image, make_pool, tiny_bundle
 
 
@@ -155,3 +155,84 @@ def test_cli_retrieve_show(world: dict, capsys: pytest.CaptureFixture[str]) -> N
     assert ("  red:" in out or "  blue:" in out) and len(shown) <= 4
     assert main(["retrieve", "--emb", str(world["emb"]), "--images", "x", "--k", "0"]) == 2
     assert "k: must be > 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the pair floor (LAION's CLIP-score filter)
+def test_pair_floor_tests_only_the_matching_paths_and_median_is_the_others() -> None:
+    from arf.anchors.retrieve import below_pair_floor
+
+    cosine = np.array([0.1, 0.2, 0.3, 0.05, 0.2, 0.25, 0.19])
+    paths = ["/d/pool/emoji/a.png", "/d/pool/emoji/b.png", "/d/pool/emoji/c.png"] + [
+        f"/d/pool/openclipart/{i}.png" for i in range(4)]
+    below, value = below_pair_floor(cosine, paths, "median", "*/pool/openclipart/*")
+    assert value == 0.2                                  # the median of the three trusted pairs
+    assert below.tolist() == [False, False, False, True, False, False, True]   # trusted pairs are never tested
+    below, value = below_pair_floor(cosine, paths, 0.15, None)                 # a fixed floor on every pair
+    assert value == 0.15 and below.tolist() == [True, False, False, True, False, False, False]
+    with pytest.raises(ConfigError, match="pair_floor_paths: every pool pair matches"):
+        below_pair_floor(cosine, paths, "median", "/d/*")
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
+def test_restricted_search_through_the_index_returns_only_allowed_rows(kind: str) -> None:
+    import faiss
+
+    from arf.anchors.index import build_index
+    from arf.anchors.retrieve import _selector_params, restricted_search
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:20] + 0.1 * rng.normal(size=(20, 16)).astype(np.float32)
+    allowed = rng.random(len(x)) < 0.4
+    index, _ = build_index(x, IndexConfig(emb="-", kind=kind, exact_below=0, recall_queries=100))
+    search, n = restricted_search(index, x, allowed)
+    exact, n_exact = restricted_search(None, x, allowed)
+    assert n == n_exact == int(allowed.sum())
+    _, rows = search(q, 10)
+    _, truth = exact(q, 10)
+    assert allowed[rows[rows >= 0]].all()              # a filtered row is never returned, whatever the index
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, truth, strict=True)])
+    assert recall == 1.0 if kind == "flat" else recall >= 0.6
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:                                # the tuned nprobe survives the selector's parameters
+        params = _selector_params(index, np.flatnonzero(allowed).astype(np.int64))
+        assert params.nprobe == ivf.nprobe
+
+
+def test_retrieve_with_a_pair_floor_never_returns_a_pair_below_it(world: dict) -> None:
+    from arf.anchors.retrieve import pair_cosines
+
+    cosine, meta = pair_cosines(world["emb"])
+    cos_of = dict(zip(meta.column("pool_id").to_pylist(), cosine.tolist(), strict=True))
+    red = [i for i, p in enumerate(meta.column("path").to_pylist()) if "/pool/red_" in p]
+    floor = float(np.median(cosine[red]))
+    out = world["tmp"] / "pair-floor"
+    cfg = RetrieveConfig(emb=str(world["emb"]), images="ft", exclude=[], model="arf:tiny-clip", k=50, out=str(out),
+                         pair_floor=floor, pair_floor_paths="*/pool/red_*")
+    res = retrieve(cfg, images=world["ft"])
+    table, meta_out = load_anchors(out)
+    got = table.column("pool_id").to_pylist()
+    dropped = {meta.column("pool_id")[i].as_py() for i in red if cosine[i] < floor}
+    assert dropped and not dropped & set(got)                                 # the red pairs below the floor
+    assert all(cos_of[p] >= floor or "/red_" not in p for p in got)
+    assert res.n_anchors == world["n_pool"] - res.n_excluded - len(dropped)   # every other pair still retrieved
+    assert meta_out["pair_floor_value"] == pytest.approx(floor) and meta_out["n_below_pair_floor"] == len(dropped)
+    assert meta_out["pair_floor_paths"] == "*/pool/red_*"
+
+
+def test_pair_floor_config_and_flags_are_checked(world: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="pair_floor_paths"):
+        RetrieveConfig(emb="e", images="x", pair_floor="median").validate()
+    with pytest.raises(ConfigError, match="pair_floor: must be a cosine similarity"):
+        RetrieveConfig(emb="e", images="x", pair_floor=1.5).validate()
+    with pytest.raises(SystemExit) as exit_:
+        main(["retrieve", "--emb", "e", "--images", "x", "--pair-floor", "high"])
+    assert exit_.value.code == 2
+    assert "'high': give a cosine similarity or 'median'" in capsys.readouterr().err
+    out = world["tmp"] / "cli-pair-floor"
+    assert main(["retrieve", "--emb", str(world["emb"]), "--images", str(world["ft"].root), "--model",
+                 "arf:tiny-clip", "--k", "50", "--pair-floor", "median", "--pair-floor-paths", "*/pool/blue_*",
+                 "--out", str(out)]) == 0
+    _, meta = load_anchors(out)
+    assert meta["pair_floor"] == "median" and meta["n_below_pair_floor"] >= 1

@@ -21,7 +21,8 @@ from arf.errors import InputFileError
 from arf.io import read_json, sha256_file
 from arf.paths import npm_dir
 
-HAVE_SOURCES = all((npm_dir() / f).is_file() for f in NPM.values()) and Path("/usr/share/tuxpaint/stamps").is_dir()
+HAVE_SOURCES = all((npm_dir() / f).is_file() for f in NPM.values()) and all(
+    Path(d).is_dir() for d in ("/usr/share/tuxpaint/stamps", "/usr/share/openclipart/svg"))
 needs_sources = pytest.mark.skipif(not HAVE_SOURCES, reason="offline source packages not installed (bootstrap)")
 TINY = ["--limit-emoji", "24", "--train-classes", "6", "--zeroshot-classes", "5", "--workers", "1"]
 
@@ -163,6 +164,26 @@ def test_pool_shows_countries_in_its_own_emoji_design(tiny):
     named = {c for c in countries for r in rows if r["text"].endswith(f" of {c}.")}
     assert len(named) == len(rows) >= len(countries) - 1
     assert find_leaks(tiny) == []
+
+
+def test_pool_holds_titled_openclipart_drawings_once_each(tiny):
+    rows = [r for r in pq.read_table(tiny / "pool.parquet").to_pylist() if r["family"] == "openclipart"]
+    assert rows and all(r["path"].startswith("images/pool/openclipart/") and r["text"].strip() for r in rows)
+    assert len({r["sha256"] for r in rows}) == len(rows)
+    meta = read_json(tiny / "manifest.json")
+    assert "openclipart" in meta["pairs"]["pool"]["families"]
+    assert meta["sources"]["openclipart-svg"]["license"].startswith("public domain")
+    assert not is_built(tiny, BuildConfig(**{**tiny_cfg(tiny).__dict__, "pool_openclipart": False}))
+
+
+def test_repeated_drawings_are_dropped_but_never_the_earlier_pool_rows():
+    from arf.data.offline.build import Row, drop_repeated_drawings
+
+    rows = [Row("a", family="openmoji"), Row("b", family="openmoji"), Row("c", family="openclipart"),
+            Row("d", family="openclipart"), Row("e", family="openclipart")]
+    sha = {"a": "1", "b": "1", "c": "1", "d": "2", "e": "2"}   # c repeats a; d and e are one drawing twice
+    kept, dropped = drop_repeated_drawings(rows, sha)
+    assert [r.rel for r in kept] == ["a", "b", "d"] and dropped == 2
 
 
 @needs_sources

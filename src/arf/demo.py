@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from arf.config import check, load_config, save_config
 from arf.data.offline import BuildConfig
@@ -57,6 +57,10 @@ class DemoConfig:
     captioner: str = "retrieval"
     strategy: str = "text2image"
     k: int = 50                        # retrieved anchors per class
+    # The pool's web-like pairs (OpenClipArt, revision 7) are retrieved only where the base's image–text cosine
+    # reaches the median of the other pool pairs' (RetrieveConfig.pair_floor): val's choice, docs/RESULTS.md §2.
+    pair_floor: float | Literal["median"] | None = "median"
+    pair_floor_paths: str | None = "*/pool/openclipart/*"
     # Evaluate at most this many images per set (a fixed random subset; None = all). The laptop protocol
     # caps it so that the WiSE-FT sweeps fit the time budget; docs/RESULTS.md uses every image.
     max_eval_images: int | None = None
@@ -198,7 +202,8 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
                               progress=True), bundle=bundle, replace_stale=True)
         anchors = _index_and_retrieve(IndexConfig(emb=str(emb)), RetrieveConfig(
             emb=str(emb), images=_set_spec(train_set.name, data_root), model=cfg.model, strategy=cfg.strategy,
-            k=cfg.k, exclude=[_set_spec(s.name, data_root) for s in eval_sets], out=str(out / "anchors" / "retrieved")),
+            k=cfg.k, exclude=[_set_spec(s.name, data_root) for s in eval_sets], pair_floor=cfg.pair_floor,
+            pair_floor_paths=cfg.pair_floor_paths, out=str(out / "anchors" / "retrieved")),
             bundle, data_root)
         log.info("retrieved %d anchors for %d classes", anchors.n_anchors, len(anchors.per_class))
 

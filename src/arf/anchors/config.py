@@ -6,6 +6,7 @@ Each ``validate()`` raises :class:`ConfigError` naming the bad field and what is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from arf.config import check
 
@@ -131,6 +132,11 @@ class RetrieveConfig:
     strategy: str = "text2image"
     k: int = 100                     # anchors per class
     floor: float | None = None       # drop candidates with cosine similarity below this
+    # LAION's CLIP-score filter on the pool's own pairs: a pair whose image–text cosine under `model` is below this is
+    # never retrieved. "median": the median cosine of the pairs outside `pair_floor_paths` (the ones you trust), so
+    # the floor follows the model rather than being a number tuned for one (docs/RESULTS.md §2, eighteenth session).
+    pair_floor: float | Literal["median"] | None = None
+    pair_floor_paths: str | None = None  # fnmatch glob: the pool paths the pair floor applies to (default: all)
     classnames: str | None = None    # JSON list of class names (when the set spec carries none)
     templates: str | None = None     # JSON list of prompt templates with "{}" (default: "a photo of a {}.")
     batch_size: int = 64
@@ -145,4 +151,10 @@ class RetrieveConfig:
         check(self.k > 0, "k", f"must be > 0, got {self.k}")
         if self.floor is not None:
             check(0.0 <= self.floor <= 1.0, "floor", f"must be a cosine similarity in [0, 1], got {self.floor}")
+        if isinstance(self.pair_floor, float):
+            check(-1.0 <= self.pair_floor <= 1.0, "pair_floor",
+                  f"must be a cosine similarity in [-1, 1] or 'median', got {self.pair_floor}")
+        check(self.pair_floor != "median" or bool(self.pair_floor_paths), "pair_floor_paths",
+              "pair_floor 'median' is the median of the pairs outside pair_floor_paths: give the glob of the pairs "
+              "to filter")
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")

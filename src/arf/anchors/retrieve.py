@@ -17,7 +17,9 @@ Strategies (registry ``STRATEGIES``), all scored by cosine similarity in the bas
 Selection: candidates are fetched per query (``fetch`` starts at 4·k and grows ×2, up to 64·k, until every
 class has ``k``); pool items whose image bytes (sha256) or path match a finetuning or excluded (test) image are dropped
 first; an item found for several classes goes to the class where it scores best (deduplicated across classes); each
-class keeps its top ``k`` above the optional ``floor`` (class-balanced: at most ``k`` each).
+class keeps its top ``k`` above the optional ``floor`` (class-balanced: at most ``k`` each). With a ``pair_floor``
+(LAION's CLIP-score filter) the pool pairs whose own image–text cosine is below it are never searched: through the
+index with a FAISS ID selector, so one index serves any floor.
 
 Output: ``anchors.parquet`` (``pool_id``, ``path``, ``text``, ``score``, ``query_class``, ``query_label``) and
 ``anchors.json`` naming the pool, model, finetuning set and its classnames hash, strategy and k;
@@ -123,6 +125,82 @@ def excluded_rows(meta: Any, sets: list[ImageSet]) -> np.ndarray:
     ], dtype=bool)
 
 
+def pair_cosines(emb: str | Path) -> tuple[np.ndarray, Any]:
+    """Each pool pair's own image–text cosine (the CLIP score LAION filters on), and the pool metadata."""
+    from arf.anchors.pool import load_embeddings
+
+    img, meta = load_embeddings(emb, "image")
+    txt, _ = load_embeddings(emb, "text")
+    norms = np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1)
+    return (img * txt).sum(1) / np.maximum(norms, 1e-12), meta
+
+
+def below_pair_floor(cosine: np.ndarray, paths: list[str], floor: float | str,
+                     glob: str | None) -> tuple[np.ndarray, float]:
+    """Rows the pair floor drops, and the floor's value. Only rows whose path matches ``glob`` (all when None) are
+    tested; ``floor`` "median" is the median cosine of the rows that do not match (the pairs one trusts)."""
+    from fnmatch import fnmatchcase
+
+    tested = np.array([fnmatchcase(p, glob) for p in paths], dtype=bool) if glob else np.ones(len(paths), bool)
+    if floor == "median":
+        if tested.all():
+            raise ConfigError(f"pair_floor_paths: every pool pair matches {glob!r}; 'median' needs pairs outside it")
+        value = float(np.median(cosine[~tested]))
+    else:
+        value = float(floor)
+    return tested & (cosine < value), value
+
+
+def _selector_params(index: Any, ids: np.ndarray) -> Any:
+    """FAISS search parameters that restrict ``index`` to the rows ``ids``, keeping its tuned nprobe / efSearch."""
+    import faiss
+
+    sel = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
+
+    def params_for(ix: Any) -> Any:
+        ix = faiss.downcast_index(ix)
+        if isinstance(ix, faiss.IndexPreTransform):
+            p = faiss.SearchParametersPreTransform()
+            p.index_params = inner = params_for(ix.index)
+            p.referenced_objects = [inner]
+            return p
+        ivf = faiss.try_extract_index_ivf(ix)
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
+        if isinstance(ix, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=ix.hnsw.efSearch)
+        return faiss.SearchParameters(sel=sel)
+
+    params = params_for(index)
+    params.referenced_objects = [*getattr(params, "referenced_objects", []), sel, ids]  # SWIG holds raw pointers
+    return params
+
+
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def restricted_search(index: Any, x: np.ndarray, allowed: np.ndarray | None) -> tuple[Search, int]:
+    """A top-k search over the ``allowed`` rows of ``x`` (every row when None) and how many rows it covers: through
+    the index with an ID selector (a filter must not cost an extra index), else exactly over the allowed rows."""
+    if allowed is None or allowed.all():
+        return (lambda q, k: _search(index, x, q, k)), len(x)
+    ids = np.flatnonzero(allowed).astype(np.int64)
+    if index is None:
+        xs = x[ids]
+
+        def exact(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            scores, rows = _search(None, xs, q, k)
+            return scores, ids[rows]
+
+        return exact, len(ids)
+    params = _selector_params(index, ids)
+
+    def through_index(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return index.search(np.ascontiguousarray(q, np.float32), min(k, len(ids)), params=params)
+
+    return through_index, len(ids)
+
+
 def _search(index: Any, x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, len(x))
     if index is not None:
@@ -135,11 +213,12 @@ def _search(index: Any, x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 def select_anchors(index: Any, x: np.ndarray, queries: Queries, k: int, floor: float | None,
-                   excluded: np.ndarray) -> list[list[tuple[int, float]]]:
-    """Per class, up to ``k`` (pool row, score) pairs, best first; rows deduplicated across classes."""
-    n = len(x)
+                   excluded: np.ndarray, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    """Per class, up to ``k`` (pool row, score) pairs, best first; rows deduplicated across classes. Only
+    ``allowed`` rows (default all) are searched: the rows the pair floor keeps."""
+    search, n = restricted_search(index, x, allowed)
     n_classes = len(queries.per_class)
-    n_excl = int(excluded.sum())
+    n_excl = int((excluded if allowed is None else excluded & allowed).sum())
     fetch = min(n, 4 * k + n_excl)
     # A class whose pool neighbours all sit closer to other classes stays short; stop widening the search at
     # 64·k candidates per query instead of scanning a million-item pool.
@@ -150,7 +229,7 @@ def select_anchors(index: Any, x: np.ndarray, queries: Queries, k: int, floor: f
         for c, q in enumerate(queries.per_class):
             found: dict[int, float] = {}
             if len(q):
-                scores, rows = _search(index, x, q, fetch)
+                scores, rows = search(q, fetch)
                 for srow, rrow in zip(scores, rows, strict=True):
                     for s, r in zip(srow, rrow, strict=True):
                         r, s = int(r), float(s)
@@ -228,7 +307,15 @@ def retrieve(cfg: RetrieveConfig, bundle: Any | None = None, images: ImageSet | 
     if index is None:
         log.info("no index at %s: exact search over %d pool items", ipath, len(x))
     excluded = excluded_rows(meta, [images, *exclude])
-    chosen = select_anchors(index, x, queries, cfg.k, cfg.floor, excluded)
+    allowed, pair_floor, n_below = None, None, 0
+    if cfg.pair_floor is not None:
+        cosine, _ = pair_cosines(cfg.emb)
+        below, pair_floor = below_pair_floor(cosine, meta.column("path").to_pylist(), cfg.pair_floor,
+                                             cfg.pair_floor_paths)
+        allowed, n_below = ~below, int(below.sum())
+        log.info("pair floor %s = %.4f: %d of %d pool pairs below it are never retrieved", cfg.pair_floor,
+                 pair_floor, n_below, len(x))
+    chosen = select_anchors(index, x, queries, cfg.k, cfg.floor, excluded, allowed)
 
     rows = [(r, s, c) for c, lst in enumerate(chosen) for r, s in lst]
     take = [r for r, _, _ in rows]
@@ -247,6 +334,8 @@ def retrieve(cfg: RetrieveConfig, bundle: Any | None = None, images: ImageSet | 
         "pool": info["source"], "pool_emb": str(Path(cfg.emb).resolve()), "model": model_id,
         "finetune_set": images.name, "classnames_hash": images.classnames_hash(), "n_classes": len(per_class),
         "strategy": cfg.strategy, "k": cfg.k, "floor": cfg.floor, "n_anchors": len(rows),
+        "pair_floor": cfg.pair_floor, "pair_floor_paths": cfg.pair_floor_paths, "pair_floor_value": pair_floor,
+        "n_below_pair_floor": n_below,
         "n_excluded_pool_items": int(excluded.sum()), "per_class": per_class,
         "index": str(ipath) if index is not None else None,
     })

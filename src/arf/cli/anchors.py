@@ -93,13 +93,23 @@ def _pool_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair_floor(value: str) -> float | str:
+    if value == "median":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a cosine similarity or 'median'") from None
+
+
 def _retrieve(args: argparse.Namespace) -> int:
     from arf.anchors.config import RetrieveConfig
     from arf.anchors.retrieve import retrieve, show_anchors
 
     cfg = _load(RetrieveConfig, args, {
         "emb": "emb", "images": "images", "exclude": "exclude", "root": "root", "out": "out", "model": "model",
-        "strategy": "strategy", "k": "k", "floor": "floor", "classnames": "classnames", "templates": "templates",
+        "strategy": "strategy", "k": "k", "floor": "floor", "pair_floor": "pair_floor",
+        "pair_floor_paths": "pair_floor_paths", "classnames": "classnames", "templates": "templates",
         "device": "device",
     })
     r = retrieve(cfg)
@@ -168,6 +178,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--strategy", help="text2image (default) | image2image | text2text")
     r.add_argument("--k", type=int, help="anchors per class")
     r.add_argument("--floor", type=float, help="minimum cosine similarity")
+    r.add_argument("--pair-floor", type=_pair_floor,
+                   help="never retrieve pool pairs whose own image-text cosine is below this (LAION's CLIP-score "
+                        "filter); 'median' = the median of the pairs outside --pair-floor-paths")
+    r.add_argument("--pair-floor-paths", metavar="GLOB",
+                   help="fnmatch glob of the pool paths the pair floor applies to (default: every pair)")
     r.add_argument("--classnames", help="JSON list of class names (if the set has none)")
     r.add_argument("--templates", help="JSON list of prompt templates")
     r.add_argument("--device")

@@ -10,7 +10,8 @@ alignment      every base emoji, flags, typeset digits (+ texts)      noto (SVG,
                                                                       Twitter PNG), typeset-digits, symbola
                                                                       (black-and-white glyphs), circle-flags,
                                                                       flagpack
-pool           every base emoji, country flags, Tux Paint drawings   openmoji, tuxpaint-drawing
+pool           every base emoji, country flags, Tux Paint drawings,  openmoji, tuxpaint-drawing, openclipart
+               OpenClipArt drawings with their titles (revision 7)
 train/val/id   train classes as stickers on coloured backgrounds      emojione
 shift-3d       train classes, 3D renders                              fluent (3D)
 shift-lineart  train classes, black-and-white line art                fluent (high contrast)
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from arf.data.offline import openclipart as oca
 from arf.data.offline import sources as src
 from arf.data.offline.checks import LeakError, check_disjoint
 from arf.data.offline.render import Job, job_seed, run_job, run_jobs_star
@@ -51,11 +53,14 @@ VERSION = "v1"
 # OpenMoji's country flags (the web had flag emoji in its two emoji families, the pool had none).
 # 5 = the val-shift-unseen set (FxEmoji and Streamline renders of the finetuning classes; no other set changes);
 # 6 = val-zs-unseen (the same designs' renders of the held-out emoji classes; no other set changes).
-BUILD_REVISION = 6
+# 7 = the pool holds the OpenClipArt drawings with their titles (the web-like part; retrieval filters it by the base's
+# image–text cosine, RetrieveConfig.pair_floor; no other split changes).
+BUILD_REVISION = 7
 CLASS_CATEGORIES = ("Animals & Nature", "Food & Drink", "Objects", "Travel & Places", "Activities")
 # Clock faces and map pictograms have names that no picture disambiguates ("eleven thirty").
 EXCLUDED_SUBCATEGORIES = ("time", "place-map", "award-medal", "lock", "sound", "light & video")
 
+OPENCLIPART_FAMILY = "openclipart"
 EMOJI_TEMPLATES = ["an emoji of a {}.", "a {}.", "an icon of a {}.", "a picture of a {}.", "a drawing of a {}."]
 PHOTO_TEMPLATES = ["a photo of a {}.", "a cut-out photo of a {}.", "a picture of a {}.", "a {}."]
 FLAG_TEMPLATES = ["the flag of {}.", "a flag of {}.", "the national flag of {}."]
@@ -88,6 +93,8 @@ class BuildConfig:
     workers: int = 2
     npm_root: str | None = None  # default: arf.paths.npm_dir()
     tux_root: str = str(src.TUX_DIR)
+    pool_openclipart: bool = True  # revision 7: OpenClipArt drawings in the pool (docs/DATA.md)
+    openclipart_root: str = str(oca.OPENCLIPART_DIR)
     fashion_root: str = str(src.FASHION_DIR)
     limit_emoji: int | None = None  # tests: build a tiny benchmark from the first N base emoji
 
@@ -534,6 +541,12 @@ def plan(cfg: BuildConfig) -> Plan:
             "plain",
         )
         pool.append(Row(rel, family="tuxpaint-drawing", text=clean_caption(s.caption)))
+    # The web-like part (revision 7): OpenClipArt drawings with the titles their authors typed. Drawings that render
+    # byte-identical to an earlier pool image (one file in several folders) are dropped after rendering.
+    if cfg.pool_openclipart:
+        for d in oca.drawings(Path(cfg.openclipart_root))[: 8 if cfg.limit_emoji else None]:
+            rel = job(oca.image_rel(d.rel), "svg", d.svg, "plain")
+            pool.append(Row(rel, family=OPENCLIPART_FAMILY, text=d.text))
     p.pairs["pool"] = pool
     p.sets["_classnames"] = {"train": train_names}
     return p
@@ -568,6 +581,19 @@ def _table(rows: list[Row], sha: dict[str, str], pairs: bool):
     cols["sha256"] = [sha[r.rel] for r in rows]
     schema = {"label": pa.int32()}
     return pa.table({k: pa.array(v, type=schema.get(k)) for k, v in cols.items()})
+
+
+def drop_repeated_drawings(rows: list[Row], sha: dict[str, str]) -> tuple[list[Row], int]:
+    """``rows`` without the OpenClipArt drawings whose render repeats an earlier row's bytes, and how many went.
+    Only OpenClipArt's: the rows of revision 6 stay as they were."""
+    seen: set[str] = set()
+    kept = []
+    for r in rows:
+        if r.family == OPENCLIPART_FAMILY and sha[r.rel] in seen:
+            continue
+        seen.add(sha[r.rel])
+        kept.append(r)
+    return kept, len(rows) - len(kept)
 
 
 def is_built(out: Path, cfg: BuildConfig) -> bool:
@@ -605,6 +631,7 @@ def build(cfg: BuildConfig, force: bool = False) -> Path:
             spec["rows"] = [r for r in spec["rows"] if r.rel in sha]
     for name in p.pairs:
         p.pairs[name] = [r for r in p.pairs[name] if r.rel in sha]
+    p.pairs["pool"], repeats = drop_repeated_drawings(p.pairs["pool"], sha)
     t_render = time.time() - t0
 
     files: dict[str, str] = {}
@@ -662,6 +689,7 @@ def build(cfg: BuildConfig, force: bool = False) -> Path:
         "sources": sources,
         "files": dict(sorted(files.items())),
         "failed_renders": failed,
+        "pool_repeats_dropped": repeats,
         "build_seconds": {"render": round(t_render, 1), "total": round(time.time() - t0, 1)},
     }
     write_json(out / "manifest.json", meta)  # written last: its presence marks a complete build

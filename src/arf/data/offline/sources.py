@@ -73,6 +73,7 @@ FAMILY = {
     "animal-mnist": "animal-mnist",
     "tuxpaint-photo": "tuxpaint-photo",
     "tuxpaint-drawing": "tuxpaint-drawing",
+    "openclipart": "openclipart",
     "dejavu-digits": "typeset-digits",
     "symbola": "symbola",
     "fxemoji": "fxemoji",
@@ -141,6 +142,7 @@ DEBIAN = {
     "fonts-symbola": "free for any use (George Douros)",
     "fonts-dejavu-core": "Bitstream Vera / public domain",
     "fonts-freefont-ttf": "GPL-3 with font exception",
+    "openclipart-svg": "public domain (Creative Commons Public Domain Dedication)",
 }
 
 
