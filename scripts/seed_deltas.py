@@ -11,19 +11,14 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from arf.evaluate.records import dedupe, read_records, role_averages
+from arf.evaluate.records import alpha_key, dedupe, read_records, role_averages
 
 COLUMNS = ("ID", "OOD avg", "zero-shot avg")
 
 
-def _alpha(alpha: float | None) -> float | None:
-    # Sweeps write α from a float range (0.30000000000000004): rounded as arf.report.plots.curve_points does.
-    return None if alpha is None else round(alpha, 6)
-
-
 def parse_row(spec: str) -> tuple[str, float | None]:
     name, _, alpha = spec.partition("@")
-    return name, _alpha(float(alpha)) if alpha else None
+    return name, alpha_key(float(alpha)) if alpha else None
 
 
 def main() -> None:
@@ -37,7 +32,7 @@ def main() -> None:
     groups = defaultdict(list)
     for r in dedupe(read_records(args.records)):
         if r.metric == args.metric:
-            groups[(r.method, _alpha(r.alpha), r.seed)].append(r)
+            groups[(r.method, alpha_key(r.alpha), r.seed)].append(r)
     averages = {key: role_averages(rs, args.metric) for key, rs in groups.items()}
     target = parse_row(args.method)
     peers = [parse_row(p) for p in args.peers.split(",") if p]

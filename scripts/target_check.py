@@ -18,7 +18,7 @@ import argparse
 import re
 from collections import defaultdict
 
-from arf.evaluate.records import Record, dedupe, role_averages
+from arf.evaluate.records import Record, alpha_key, dedupe, role_averages
 from arf.report import collect_records
 
 ID, SHIFT, ZS = "ID", "OOD avg", "zero-shot avg"
@@ -35,7 +35,7 @@ def averages(records: list[Record], metric: str) -> dict[tuple[str, float | None
     groups: dict[tuple[str, float | None, int | None], list[Record]] = defaultdict(list)
     for r in dedupe(records):
         if r.metric == metric:
-            groups[(base_method(r), None if r.alpha is None else round(r.alpha, 6), r.seed)].append(r)
+            groups[(base_method(r), alpha_key(r.alpha), r.seed)].append(r)
     out = {}
     for key, rs in groups.items():
         avg = role_averages(rs, metric)

@@ -47,3 +47,9 @@ def test_mean_std():
     assert mean_std([2.0]) == (2.0, 0.0)
     m, s = mean_std([1.0, 2.0, 3.0])
     assert m == 2.0 and s == pytest.approx(1.0)
+
+
+def test_alpha_key_groups_a_float_ranges_alpha_with_the_written_one():
+    from arf.evaluate.records import alpha_key
+
+    assert alpha_key(0.1 * 3) == alpha_key(0.3) == 0.3 and alpha_key(None) is None

@@ -97,6 +97,12 @@ def append_records(path: str | Path, records: Iterable[Record]) -> None:
             f.write(json.dumps(r.to_dict(), sort_keys=True) + "\n")
 
 
+def alpha_key(alpha: float | None) -> float | None:
+    """A WiSE-FT α to group records by: sweeps write α from a float range (0.30000000000000004), which must group
+    with a written 0.3."""
+    return None if alpha is None else round(alpha, 6)
+
+
 def dedupe(records: Sequence[Record]) -> list[Record]:
     """Keep the last record per (model, method, alpha, set, metric, seed): re-running an eval replaces numbers."""
     last: dict[tuple, Record] = {}

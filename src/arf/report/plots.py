@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from arf.evaluate.records import Record, dedupe
+from arf.evaluate.records import Record, alpha_key, dedupe
 from arf.io import atomic_path
 from arf.report.tables import METHOD_ORDER, order_methods, summarize
 
@@ -44,7 +44,7 @@ def curve_points(
     last) where both ``x`` and ``y`` averages exist."""
     by: dict[tuple[str, float | None], list[Record]] = defaultdict(list)
     for r in dedupe(records):
-        by[(r.method, None if r.alpha is None else round(r.alpha, 6))].append(r)
+        by[(r.method, alpha_key(r.alpha))].append(r)
     out: dict[str, list[CurvePoint]] = defaultdict(list)
     for (method, alpha), recs in by.items():
         cells = summarize(recs, metric)
