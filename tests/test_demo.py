@@ -58,6 +58,9 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(list((captions / "corpus_emb").glob("text_emb_*.npy"))) == 1
     anchors = json.loads((out / "anchors" / "retrieved" / "anchors.json").read_text())
     assert anchors["finetune_set"] == "train" and anchors["n_anchors"] > 0
+    # The tiny build's pool holds a few OpenClipArt drawings; the demo holds them to the other pairs' median cosine.
+    assert (anchors["pair_floor"], anchors["pair_floor_paths"]) == ("median", "*/pool/openclipart/*")
+    assert anchors["pair_floor_value"] is not None
     # α = 0 is the zero-shot model for every method: its records are the zero-shot evaluation's, not new ones.
     zeroshot = {(r["set"], r["metric"]): r["config_hash"] for r in records if r["method"] == "zeroshot"}
     for method in ("flyp", "arf"):
