@@ -201,9 +201,11 @@ def test_restricted_search_through_the_index_returns_only_allowed_rows(kind: str
 
 
 def test_retrieve_with_a_pair_floor_never_returns_a_pair_below_it(world: dict) -> None:
+    from arf.anchors.pool import load_embeddings
     from arf.anchors.retrieve import pair_cosines
 
-    cosine, meta = pair_cosines(world["emb"])
+    img, meta = load_embeddings(world["emb"], "image")
+    cosine = pair_cosines(img, load_embeddings(world["emb"], "text")[0])
     cos_of = dict(zip(meta.column("pool_id").to_pylist(), cosine.tolist(), strict=True))
     red = [i for i, p in enumerate(meta.column("path").to_pylist()) if "/pool/red_" in p]
     floor = float(np.median(cosine[red]))

@@ -125,14 +125,10 @@ def excluded_rows(meta: Any, sets: list[ImageSet]) -> np.ndarray:
     ], dtype=bool)
 
 
-def pair_cosines(emb: str | Path) -> tuple[np.ndarray, Any]:
-    """Each pool pair's own image–text cosine (the CLIP score LAION filters on), and the pool metadata."""
-    from arf.anchors.pool import load_embeddings
-
-    img, meta = load_embeddings(emb, "image")
-    txt, _ = load_embeddings(emb, "text")
+def pair_cosines(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
+    """Each pool pair's own image–text cosine (the CLIP score LAION filters on), from its two embedding rows."""
     norms = np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1)
-    return (img * txt).sum(1) / np.maximum(norms, 1e-12), meta
+    return (img * txt).sum(1) / np.maximum(norms, 1e-12)
 
 
 def below_pair_floor(cosine: np.ndarray, paths: list[str], floor: float | str,
@@ -309,7 +305,9 @@ def retrieve(cfg: RetrieveConfig, bundle: Any | None = None, images: ImageSet | 
     excluded = excluded_rows(meta, [images, *exclude])
     allowed, pair_floor, n_below = None, None, 0
     if cfg.pair_floor is not None:
-        cosine, _ = pair_cosines(cfg.emb)
+        # The search modality's rows are loaded already; only the other tower's are read.
+        other, _ = load_embeddings(cfg.emb, "text" if queries.modality == "image" else "image")
+        cosine = pair_cosines(x, other)   # symmetric in its two towers
         below, pair_floor = below_pair_floor(cosine, meta.column("path").to_pylist(), cfg.pair_floor,
                                              cfg.pair_floor_paths)
         allowed, n_below = ~below, int(below.sum())
