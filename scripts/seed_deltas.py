@@ -9,9 +9,8 @@ Means over seeds hide whether a gain holds in every seed; docs/RESULTS.md quotes
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 
-from arf.evaluate.records import alpha_key, dedupe, read_records, role_averages
+from arf.evaluate.records import alpha_key, averages_by_run, read_records
 
 COLUMNS = ("ID", "OOD avg", "zero-shot avg")
 
@@ -29,11 +28,7 @@ def main() -> None:
     ap.add_argument("--metric", default="top1")
     args = ap.parse_args()
 
-    groups = defaultdict(list)
-    for r in dedupe(read_records(args.records)):
-        if r.metric == args.metric:
-            groups[(r.method, alpha_key(r.alpha), r.seed)].append(r)
-    averages = {key: role_averages(rs, args.metric) for key, rs in groups.items()}
+    averages = averages_by_run(read_records(args.records), args.metric)
     target = parse_row(args.method)
     peers = [parse_row(p) for p in args.peers.split(",") if p]
     seeds = sorted({seed for (m, a, seed) in averages if (m, a) == target and seed is not None})

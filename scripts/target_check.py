@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections import defaultdict
 
-from arf.evaluate.records import Record, alpha_key, dedupe, role_averages
+from arf.evaluate.records import Record, averages_by_run
 from arf.report import collect_records
 
 ID, SHIFT, ZS = "ID", "OOD avg", "zero-shot avg"
@@ -32,16 +31,8 @@ def base_method(r: Record) -> str:
 
 def averages(records: list[Record], metric: str) -> dict[tuple[str, float | None, int | None], dict[str, float]]:
     """(method, α rounded, seed) -> role averages; only evaluations that have all three columns."""
-    groups: dict[tuple[str, float | None, int | None], list[Record]] = defaultdict(list)
-    for r in dedupe(records):
-        if r.metric == metric:
-            groups[(base_method(r), alpha_key(r.alpha), r.seed)].append(r)
-    out = {}
-    for key, rs in groups.items():
-        avg = role_averages(rs, metric)
-        if all(c in avg for c in (ID, SHIFT, ZS)):
-            out[key] = avg
-    return out
+    return {key: avg for key, avg in averages_by_run(records, metric, base_method).items()
+            if all(c in avg for c in (ID, SHIFT, ZS))}
 
 
 def check_seed(avg: dict, method: str, seed: int, peers: list[str], wise: list[str], margin: float,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # WiSE-FT towers, then a fresh linear probe ("M + wise + probe", docs/RESULTS.md §2, sixteenth session; a read-out
-# variant, not the paper's formulation). For each α: interpolate the finetuned model's weights with the base's
+# variant, not the paper's formulation). The recipe as one command, α chosen on val and the text side moved, is
+# `arf wise-probe` (src/arf/wise_probe.py); this script keeps the sessions' per-α records (every α on every set,
+# method NAME-wlp-a<α>), with which docs/RESULTS.md §2's sweeps were made. For each α: interpolate the finetuned model's weights with the base's
 # (`arf wise --out`, towers and any trained head), train the committed probe (configs/offline/lp.yaml) on that
 # checkpoint's frozen features, and evaluate the probed model. The zero-shot sets read the interpolated towers'
 # text head, as in plain WiSE-FT; the finetuning classes (val, id, shift) read the probe, which replaces the

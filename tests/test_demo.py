@@ -26,6 +26,8 @@ TINY = [
     "train_overrides=[max_steps=2,batch_size=8,anchor_batch_size=2,freeze_image_blocks=0,checkpoint_every=0,progress=false]",
     "method_overrides={arf: [lambda_ret=0.5]}",
 ]
+# The read-out recipe on one method, as `arf demo --full` runs it on four.
+WISE_PROBE = ["wise_probe.methods=[arf]", "wise_probe.alphas=0.5,1", "wise_probe.text_alpha=0.25"]
 
 
 @pytest.mark.integration
@@ -36,18 +38,23 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("ARF_DATA", str(default))
     bench = tmp_path / "elsewhere" / "bench"
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--set", *TINY, f"data.out={bench}"]
+    args = ["demo", "--out", str(out), "--set", *TINY, *WISE_PROBE, f"data.out={bench}"]
     assert main(args) == 0
     assert (bench / "manifest.json").is_file() and not default.exists()
 
     report = out / "report"
     table = (report / "results.md").read_text()
-    for method in ("zeroshot", "ft", "flyp", "arf"):
-        assert f"| {method}" in table, table
+    for method in ("zeroshot", "ft", "flyp", "arf", "arf-wp"):
+        assert f"| {method} |" in table, table
     assert (report / "wise_id_vs_ood.png").stat().st_size > 1000
     assert (report / "wise_id_vs_zeroshot.png").stat().st_size > 1000
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert {r["method"] for r in records} == {"zeroshot", "ft", "flyp", "arf"}
+    assert {r["method"] for r in records} == {"zeroshot", "ft", "flyp", "arf", "arf-wp"}
+    # The recipe's α floor: the best finetuned method's α = 1 val minus 1; its model is one point (no α).
+    best_val = max(r["value"] for r in records if r["set"] == "val" and r["metric"] == "top1" and r["alpha"] == 1.0)
+    choice = json.loads((out / "wise-probe" / "arf" / "wise_probe.json").read_text())
+    assert choice["min_val"] == pytest.approx(best_val - 1) and choice["alpha"] in (0.5, 1.0)
+    assert {r["alpha"] for r in records if r["method"] == "arf-wp"} == {None}
     trained = {m: yaml.safe_load((out / "train" / f"{m}-s0" / "config.yaml").read_text()) for m in ("ft", "arf")}
     assert (trained["arf"]["lambda_ret"], trained["ft"]["lambda_ret"]) == (0.5, 0.0)
     assert trained["arf"]["max_steps"] == trained["ft"]["max_steps"] == 2
@@ -71,6 +78,9 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     # A re-run with the same inputs trains nothing again and appends no duplicate records.
     finals = {p: p.stat().st_mtime_ns for p in (out / "train").glob("*/final/open_clip_model.safetensors")}
     assert len(finals) == 3
+    probes = list((out / "wise-probe").rglob("open_clip_model.safetensors"))
+    assert len(probes) == 3  # two probes (α 0.5, 1) and the result
+    finals.update({p: p.stat().st_mtime_ns for p in probes})
     cached = [out / "anchors" / "retrieved" / "anchors.parquet", *(out / "anchors" / "pool-emb").rglob("*.faiss*"),
               *(captions / "corpus_emb").glob("*.npy")]
     finals.update({p: p.stat().st_mtime_ns for p in cached})
@@ -92,7 +102,7 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     ft_row = next(row for row in json.loads((report / "summary.json").read_text())["rows"] if row["label"] == "ft")
     assert ft_row["cells"][ft1["set"]]["mean"] == pytest.approx(ft1["value"])
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) >= {"data", "zeroshot", "captions", "pool", "train", "wise", "report"}
+    assert set(timings) >= {"data", "zeroshot", "captions", "pool", "train", "wise", "wise-probe", "report"}
     env = json.loads((out / "env.json").read_text())  # which machine made these numbers
     assert env["cpu"] and env["packages"]["torch"]
 
@@ -140,6 +150,8 @@ def test_small_protocol_keeps_its_own_two_epoch_schedule(tmp_path: Path) -> None
                                                  r"choose from ft, flyp, arf"),
     ("method_overrides={arf: lambda_cap}", r"method_overrides\.arf: must be a list of key=value strings"),
     ("method_overrides={arf: [lambda_cap]}", r"method_overrides\.arf: must be a list of key=value strings"),
+    ("wise_probe.methods=[lpft]", r"wise_probe\.methods: 'lpft' is not a method this protocol trains"),
+    ("wise_probe={methods: [arf], alphas: '0.1:0.5:0.1'}", r"text_alpha: 0\.2 is more than the smallest"),
 ])
 def test_method_overrides_are_checked(tmp_path: Path, override: str, match: str) -> None:
     from arf.demo import load_demo_config

@@ -53,3 +53,16 @@ def test_alpha_key_groups_a_float_ranges_alpha_with_the_written_one():
     from arf.evaluate.records import alpha_key
 
     assert alpha_key(0.1 * 3) == alpha_key(0.3) == 0.3 and alpha_key(None) is None
+
+
+def test_averages_by_run_groups_method_alpha_and_seed_after_dedupe():
+    from arf.evaluate.records import averages_by_run
+
+    rs = [rec("x", "id", 50.0), rec("y", "shift", 20.0), rec("y", "shift", 30.0),  # re-run: last kept
+          rec("x", "id", 60.0, seed=1), rec("x", "id", 70.0, alpha=0.30000000000000004),
+          rec("x", "id", 5.0, metric="top5")]
+    got = averages_by_run(rs)
+    assert got == {("ft", None, 0): {"ID": 50.0, "OOD avg": 30.0}, ("ft", None, 1): {"ID": 60.0},
+                   ("ft", 0.3, 0): {"ID": 70.0}}
+    assert set(averages_by_run(rs, name=lambda r: r.method + "-x")) == {("ft-x", None, 0), ("ft-x", None, 1),
+                                                                          ("ft-x", 0.3, 0)}

@@ -9,6 +9,7 @@ Stages (each writes files with its own cache key and is skipped on a re-run when
 5. pool      embed + index the candidate pool, retrieve anchors (ITAR)   (``arf pool embed|index``, ``arf retrieve``)
 6. train     finetune each method × seed                                     (``arf train``)
 7. wise      WiSE-FT sweeps of each finetuned model, evaluated               (``arf wise``)
+   wise-probe the read-out recipe on the methods named in ``wise_probe``    (``arf wise-probe``; --full only)
 8. report    markdown table, CSV and the ID-vs-OOD / ID-vs-zero-shot plots   (``arf report``)
 
 The default protocol is sized for a 2-core laptop (a few minutes); ``--full`` runs every method, the anchor
@@ -36,6 +37,18 @@ log = logging.getLogger(__name__)
 
 # The repository's configs/ folder (the package is installed editable by ./run).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class WiseProbeStage:
+    """The read-out recipe (``arf wise-probe``, :mod:`arf.wise_probe`) on some of the protocol's methods, each
+    applied alike; off while ``methods`` is empty. Its α floor is the best finetuned method's mean val minus
+    ``val_within`` (issue 6's ID part), read off the WiSE-FT sweep's α = 1 records."""
+
+    methods: list[str] = field(default_factory=list)
+    alphas: str = "0.3:0.9:0.1"
+    text_alpha: float | None = 0.2
+    val_within: float = 1.0
 
 
 @dataclass
@@ -68,6 +81,7 @@ class DemoConfig:
     # The offline benchmark and the base's alignment (their own caches are keyed by these).
     data: BuildConfig = field(default_factory=BuildConfig)
     base: BaseBuildConfig = field(default_factory=BaseBuildConfig)
+    wise_probe: WiseProbeStage = field(default_factory=WiseProbeStage)
 
     def validate(self) -> None:
         check(bool(self.methods), "methods", "must name at least one method")
@@ -79,6 +93,18 @@ class DemoConfig:
             if not method_config(m).is_file():
                 known = sorted(p.stem for p in (CONFIG_DIR / "offline").glob("*.yaml"))
                 raise ConfigError(f"methods: unknown method config {m!r}; choose from {', '.join(known)}")
+        for m in self.wise_probe.methods:
+            check(m in self.methods, "wise_probe.methods",
+                  f"{m!r} is not a method this protocol trains; choose from {', '.join(self.methods)}")
+        if self.wise_probe.methods:
+            from arf.evaluate.wise import parse_alphas
+            from arf.wise_probe import WiseProbeConfig
+
+            check(1.0 in parse_alphas(self.alphas, "alphas"), "alphas",
+                  "must include 1 while wise_probe.methods is set: its val floor is read off the α = 1 records")
+            check(self.wise_probe.val_within >= 0, "wise_probe.val_within",
+                  f"must be >= 0, got {self.wise_probe.val_within}")
+            WiseProbeConfig(alphas=self.wise_probe.alphas, text_alpha=self.wise_probe.text_alpha).validate()
         for m, extra in self.method_overrides.items():
             # An override for a method the protocol does not run would be silently ignored: a typo ("afr").
             check(m in self.methods, f"method_overrides.{m}",
@@ -151,8 +177,8 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
     from arf.models import create_model
     from arf.models.align import build_base, read_corpus
     from arf.report import build_report
+    from arf.train.cached import train_cached
     from arf.train.config import TrainConfig
-    from arf.train.loop import train, train_hash
 
     cfg.validate()
     alphas = parse_alphas(cfg.alphas)
@@ -218,17 +244,16 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
                              *([f"data_root={data_root}"] if cfg.data.out else []),
                              *method_train_overrides(cfg, method)]
                 tcfg = load_config(TrainConfig, method_config(method), overrides)
-                final = tcfg.run_dir / "final"
-                if _final_matches(final, train_hash(tcfg)):
-                    log.info("train %s seed %d: cached (%s)", method, seed, final)
-                else:
-                    train(tcfg, resume=_resume_or_fresh(tcfg.run_dir, train_hash(tcfg)))
-                finals.append((method, seed, final))
+                finals.append((method, seed, train_cached(tcfg)))
 
     with stage("wise"):
         for method, seed, final in finals:
             current += wise_sweep(cfg.model, str(final), alphas, sets=eval_sets, records_path=records,
                                   method=method, seed=seed)
+
+    if cfg.wise_probe.methods:
+        with stage("wise-probe"):
+            current += _wise_probe(cfg, finals, current, eval_sets, records, out, data_root)
 
     with stage("report"):
         _keep_only(records, current)
@@ -244,6 +269,33 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
           f"torch {env['packages'].get('torch', '?')} ({out / 'env.json'})")
     print(report.markdown_path.read_text())
     return report.markdown_path.parent
+
+
+def _wise_probe(cfg: DemoConfig, finals: list[tuple[str, int, Path]], current: list[Any], eval_sets: list[Any],
+                records: Path, out: Path, data_root: Path) -> list[Any]:
+    """The recipe on ``cfg.wise_probe.methods`` (every seed of a method together); returns the results' records."""
+    from arf.wise_probe import WiseProbeConfig, run_wise_probe
+
+    stage = cfg.wise_probe
+    vals: dict[str, list[float]] = {}
+    for r in current:
+        if r.set == "val" and r.metric == "top1" and r.alpha == 1.0 and r.method in cfg.methods:
+            vals.setdefault(r.method, []).append(r.value)
+    check(bool(vals), "wise_probe", "no val records of the finetuned models (α = 1) to set the floor from")
+    best = max(vals, key=lambda m: sum(vals[m]) / len(vals[m]))
+    floor = sum(vals[best]) / len(vals[best]) - stage.val_within
+    log.info("WiSE-probe: val floor %.2f (%s's mean val - %g)", floor, best, stage.val_within)
+    # The probe is this protocol's lp: configs/offline/lp.yaml with the protocol's overrides for lp.
+    overrides = [*([f"data_root={data_root}"] if cfg.data.out else []), *method_train_overrides(cfg, "lp")]
+    new: list[Any] = []
+    for method in stage.methods:
+        wcfg = WiseProbeConfig(zeroshot=cfg.model, alphas=stage.alphas, min_val=floor, text_alpha=stage.text_alpha,
+                               probe_config=str(method_config("lp")), probe_overrides=overrides)
+        res = run_wise_probe(wcfg, [str(f) for m, _, f in finals if m == method], out / "wise-probe" / method,
+                             eval_sets, records_path=records, method=method)
+        log.info("WiSE-probe %s: α %g", method, res.alpha)
+        new += res.records
+    return new
 
 
 def _index_and_retrieve(icfg: Any, rcfg: Any, bundle: Any, data_root: Path) -> Any:
@@ -312,38 +364,6 @@ def _cap(ds: Any, n: int | None) -> Any:
     rng = np.random.default_rng(zlib.crc32(ds.name.encode()))
     keep = sorted(rng.choice(len(ds), size=n, replace=False).tolist())
     return ds.subset(keep, name=ds.name)
-
-
-def _resume_or_fresh(run_dir: Path, want_hash: str) -> str | None:
-    """``"latest"`` when the run's newest checkpoint was made by this very config; otherwise a fresh start.
-
-    A run folder left by a different config (e.g. an older learning rate) is moved aside to
-    ``<run>.stale-<hash>``: resuming it would mix two schedules into one model.
-    """
-    import shutil
-
-    from arf.io import read_json
-
-    states = sorted((run_dir / "checkpoints").glob("step_*/train_state.json"))
-    if not states:
-        return None
-    have = read_json(states[-1]).get("config_hash")
-    if have == want_hash:
-        return "latest"
-    stale = run_dir.with_name(f"{run_dir.name}.stale-{have}")
-    shutil.rmtree(stale, ignore_errors=True)
-    run_dir.rename(stale)
-    log.warning("run %s was made by another config (%s); moved to %s, training from scratch", run_dir, have, stale)
-    return None
-
-
-def _final_matches(final: Path, want_hash: str) -> bool:
-    from arf.io import read_json
-
-    meta = final / "arf.json"
-    if not meta.is_file():
-        return False
-    return read_json(meta).get("train", {}).get("config_hash") == want_hash
 
 
 def load_demo_config(full: bool = False, path: str | None = None, overrides: list[str] | None = None) -> DemoConfig:

@@ -14,7 +14,7 @@ from arf import __version__
 from arf.errors import ArfError
 
 # One module per stage; each defines ``register(subparsers)``.
-COMMAND_MODULES = ("base", "data", "evaluate", "anchors", "train", "report", "demo")
+COMMAND_MODULES = ("base", "data", "evaluate", "anchors", "train", "wise_probe", "report", "demo")
 
 
 # Libraries whose INFO messages are noise in a stage's log (see main).

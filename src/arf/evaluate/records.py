@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,18 @@ def role_averages(records: Sequence[Record], metric: str = "top1") -> dict[str, 
         if r.metric == metric and r.role in AVERAGES:
             by_role[r.role].append(r.value)
     return {AVERAGES[role]: sum(v) / len(v) for role, v in by_role.items() if v}
+
+
+def averages_by_run(
+    records: Sequence[Record], metric: str = "top1", name: Callable[[Record], str] = lambda r: r.method,
+) -> dict[tuple[str, float | None, int | None], dict[str, float]]:
+    """Role averages per evaluated run, keyed ``(name(record), alpha_key(alpha), seed)`` over deduplicated records
+    of ``metric``; ``name`` maps a record to the row it belongs to (default: its method)."""
+    groups: dict[tuple[str, float | None, int | None], list[Record]] = defaultdict(list)
+    for r in dedupe(records):
+        if r.metric == metric:
+            groups[(name(r), alpha_key(r.alpha), r.seed)].append(r)
+    return {key: role_averages(rs, metric) for key, rs in groups.items()}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

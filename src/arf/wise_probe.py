@@ -1,0 +1,258 @@
+"""WiSE-probe: WiSE-FT towers, a linear probe, then the text side moved back towards the zero-shot model.
+
+A read-out recipe for any finetuned CLIP-like model (FT, FLYP, ARF, …), found on the offline benchmark
+(docs/RESULTS.md §2, sixteenth to twentieth sessions); it is not the ARF paper's formulation, and a fair comparison
+applies it to every method. For a finetuned model θ1 and its zero-shot model θ0:
+
+1. for each α of a grid, interpolate θ0 → θ1 (WiSE-FT of both towers), train a linear probe on the interpolated
+   model's frozen image features (configs/offline/lp.yaml: the head starts from their zero-shot head) and evaluate
+   it on the selection set only (val);
+2. choose α: the smallest α whose probe val (averaged over the seeds' models) reaches ``min_val`` — the most of
+   the zero-shot model kept at an in-distribution accuracy the user accepts (issue 6: within 1 point of the best
+   peer's val). Without a floor, the α with the best val;
+3. move the probed model's text side — which the probe never reads and the zero-shot sets read alone — to
+   ``text_alpha`` of θ1's (T/α of the probed model's, whose text side is at α), and evaluate on every set.
+
+The image tower and the probe of step 3 are those of step 1, bit for bit. Every step is cached in the output
+folder: finished probes are not trained again, recorded evaluations not repeated, so a killed run is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arf.config import check, config_hash, load_config
+from arf.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The repository's configs/ folder (the package is installed editable by ./run).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+SUFFIX = "-wp"  # records of the recipe's models: method "<finetuned method>-wp"
+SELECT_RECORDS = "select.jsonl"
+CHOICE_FILE = "wise_probe.json"
+
+
+@dataclass
+class WiseProbeConfig:
+    """The recipe's settings (the sessions' values: ARF α grid 0.5–0.9, floor = best peer val − 1, text 0.2)."""
+
+    zeroshot: str = "arf:mini-clip"
+    alphas: str = "0.5:0.9:0.1"        # the image α grid (start:stop:step or a list)
+    min_val: float | None = None       # the val floor of step 2 (top-1 %); None: the α with the best val
+    text_alpha: float | None = 0.2     # step 3's text side, as a fraction of θ1's; None: leave it at α
+    select_set: str = "val"
+    probe_config: str = str(CONFIG_DIR / "offline" / "lp.yaml")
+    probe_overrides: list[str] = field(default_factory=list)  # TrainConfig key=value for the probe
+    keep_interpolated: bool = False    # keep step 1's WiSE-FT checkpoints (each probe's final/ holds the same towers)
+
+    def validate(self) -> list[float]:
+        """The parsed α grid; a ConfigError names the field that is wrong."""
+        from arf.evaluate.wise import check_alpha, parse_alphas
+
+        alphas = parse_alphas(self.alphas, "alphas")
+        check(all(a > 0 for a in alphas), "alphas", "must be > 0: at α 0 the probe would read the zero-shot model")
+        if self.text_alpha is not None:
+            check_alpha(self.text_alpha, "text_alpha")
+            check(self.text_alpha <= min(alphas), "text_alpha",
+                  f"{self.text_alpha} is more than the smallest α {min(alphas)}: the probed model's text side "
+                  "holds only α of the finetuned model's")
+        check(Path(self.probe_config).is_file(), "probe_config", f"config file not found: {self.probe_config}")
+        return alphas
+
+
+@dataclass
+class ProbeSweep:
+    """Step 1 for one finetuned model: probe val per α and each probe's checkpoint folder."""
+
+    finetuned: str
+    method: str
+    seed: int | None
+    folder: Path
+    val: dict[float, float]
+    probes: dict[float, Path]
+
+
+@dataclass
+class WiseProbeResult:
+    alpha: float
+    mean_val: dict[float, float]
+    finals: list[Path]
+    records: list[Any]
+
+
+def choose_alpha(val: dict[float, float], min_val: float | None) -> float:
+    """The smallest α whose val reaches ``min_val``; where none does (or no floor is given), the α with the best val
+    (the smaller of equals)."""
+    check(bool(val), "alphas", "no α evaluated")
+    if min_val is not None:
+        passing = [a for a in sorted(val) if val[a] >= min_val]
+        if passing:
+            return passing[0]
+        log.warning("no α reaches the val floor %.2f (best %.2f); taking the best", min_val, max(val.values()))
+    return min(sorted(val), key=lambda a: -val[a])
+
+
+def text_fraction(text_alpha: float, alpha: float) -> float:
+    """T/α, the probed model's share of its text side that leaves T of θ1's. Six significant digits: the folder
+    name and the checkpoint's arf.json repeat it, and scripts/wise_probe.sh (the sessions' runs) rounds the same."""
+    t = float(f"{text_alpha / alpha:g}")
+    if t > 1:
+        raise ConfigError(f"text_alpha: {text_alpha} is more than α {alpha}: the probed text side holds only α")
+    return t
+
+
+def _inputs_key(cfg: WiseProbeConfig, finetuned: str) -> str:
+    """What step 1's probes depend on beyond their train config: the finetuned and zero-shot weights. A probe's
+    train hash names its model by path only, so a model retrained in place must not find the old probes."""
+    from arf.io import sha256_file
+
+    parts: dict[str, Any] = {"zeroshot": cfg.zeroshot, "finetuned": str(Path(finetuned).resolve())}
+    meta = Path(finetuned) / "arf.json"
+    parts["finetuned_meta"] = sha256_file(meta) if meta.is_file() else "none"
+    if cfg.zeroshot == "arf:mini-clip":
+        from arf.models.mini_clip import built_base_dir
+
+        base = built_base_dir()
+        parts["base"] = base.name if base is not None else "unbuilt"
+    return config_hash(parts)
+
+
+def _probe_config(cfg: WiseProbeConfig, model: str, folder: Path, alpha: float, seed: int | None,
+                  progress: bool = True) -> Any:
+    from arf.train.config import TrainConfig
+
+    quiet = [] if progress else ["progress=false"]
+    overrides = [*quiet, *cfg.probe_overrides, f"model={model}", f"out_dir={folder}", f"name=probe-a{alpha:g}"]
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    tcfg = load_config(TrainConfig, cfg.probe_config, overrides)
+    check(tcfg.method == "lp", "probe_config", f"must train method lp (a probe on frozen towers), not {tcfg.method!r}")
+    return tcfg
+
+
+def probe_sweep(
+    cfg: WiseProbeConfig, finetuned: str, folder: str | Path, select: Any, *, method: str | None = None,
+    seed: int | None = None, opts: Any = None,
+) -> ProbeSweep:
+    """Step 1: a probe per α on the interpolated towers, evaluated on ``select`` (records in folder/select.jsonl)."""
+    from arf.evaluate.runner import ModelTag, evaluate_to_file, model_tag
+    from arf.evaluate.wise import alpha_dirname, wise_sweep
+    from arf.evaluate.zeroshot import load_trained_head
+    from arf.io import read_json, write_json
+    from arf.models import create_model
+    from arf.train.cached import final_matches, train_cached
+    from arf.train.loop import train_hash
+
+    alphas = cfg.validate()
+    folder = Path(folder)
+    tag = model_tag(finetuned, method=method, seed=seed)
+    key = _inputs_key(cfg, finetuned)
+    stamp = folder / "inputs.json"
+    if folder.exists() and (not stamp.is_file() or read_json(stamp).get("key") != key):
+        # Probes of other weights (a model retrained in place, another zero-shot model) are not these.
+        log.warning("%s holds probes of other inputs; removed", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, {"key": key, "zeroshot": cfg.zeroshot, "finetuned": str(finetuned)})
+    val: dict[float, float] = {}
+    probes: dict[float, Path] = {}
+    for alpha in alphas:
+        wise_dir = folder / "wise" / alpha_dirname(alpha)
+        tcfg = _probe_config(cfg, str(wise_dir), folder, alpha, tag.seed, getattr(opts, "progress", True))
+        final = tcfg.run_dir / "final"
+        if not final_matches(final, train_hash(tcfg)):
+            wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=folder / "wise", method=tag.method, seed=tag.seed)
+            log.info("WiSE-probe %s: probe at α %g", tag.method, alpha)
+            train_cached(tcfg)
+            # final/ is complete: its resume points only take disk space (gigabytes over a grid of models).
+            shutil.rmtree(tcfg.run_dir / "checkpoints", ignore_errors=True)
+        if not cfg.keep_interpolated:
+            shutil.rmtree(wise_dir, ignore_errors=True)
+        bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
+        ptag = ModelTag(model=str(final.resolve()), method=f"{tag.method}{SUFFIX}-select", alpha=alpha, seed=tag.seed)
+        recs = evaluate_to_file(bundle, [select], load_trained_head(str(final)), folder / SELECT_RECORDS, tag=ptag,
+                                opts=opts)
+        val[alpha] = next(r.value for r in recs if r.metric == "top1")
+        probes[alpha] = final
+        log.info("WiSE-probe %s seed %s: α %g, probe %s top-1 %.2f", tag.method, tag.seed, alpha, select.name,
+                 val[alpha])
+    return ProbeSweep(finetuned=str(finetuned), method=tag.method, seed=tag.seed, folder=folder, val=val,
+                      probes=probes)
+
+
+def finish(
+    cfg: WiseProbeConfig, sweep: ProbeSweep, alpha: float, sets: Sequence[Any], records_path: str | Path, *,
+    opts: Any = None, extra: dict[str, Any] | None = None,
+) -> tuple[Path, list[Any]]:
+    """Step 3 at the chosen α: the text side to ``cfg.text_alpha`` of θ1's; evaluate on ``sets``. Returns the
+    model folder and its records (method ``<method>-wp``, no α: one model, as a plain method's)."""
+    from arf.evaluate.runner import ModelTag, evaluate_to_file
+    from arf.evaluate.wise import alpha_dirname, wise_sweep
+    from arf.evaluate.zeroshot import load_trained_head
+    from arf.io import read_json, write_json
+    from arf.models import create_model
+
+    probe = sweep.probes[alpha]
+    if cfg.text_alpha is None:
+        final = probe
+    else:
+        t = text_fraction(cfg.text_alpha, alpha)
+        wise_sweep(cfg.zeroshot, str(probe), [1.0], out_dir=sweep.folder / "final", text_alpha=t,
+                   method=sweep.method, seed=sweep.seed)
+        final = sweep.folder / "final" / alpha_dirname(1.0, t)
+    choice = {"wise_probe": {"alpha": alpha, "text_alpha": cfg.text_alpha, "zeroshot": cfg.zeroshot,
+                             "finetuned": sweep.finetuned, "probe": str(probe),
+                             "val": {f"{a:g}": v for a, v in sweep.val.items()},
+                             "min_val": cfg.min_val, **(extra or {})}}
+    meta = read_json(final / "arf.json")
+    if meta.get("wise_probe") != choice["wise_probe"]:
+        write_json(final / "arf.json", {**meta, **choice})
+    bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
+    tag = ModelTag(model=str(final.resolve()), method=f"{sweep.method}{SUFFIX}", seed=sweep.seed)
+    return final, evaluate_to_file(bundle, sets, load_trained_head(str(final)), records_path, tag=tag, opts=opts)
+
+
+def run_wise_probe(
+    cfg: WiseProbeConfig, finetuned: Sequence[str], out: str | Path, sets: Sequence[Any], *,
+    records_path: str | Path | None = None, method: str | None = None, opts: Any = None,
+) -> WiseProbeResult:
+    """The recipe for one method's models (one per seed): α chosen on their mean probe val, then step 3 for each.
+
+    Folders: ``out/<method>-s<seed>/`` (probes, select.jsonl, final/); the choice in ``out/wise_probe.json``;
+    records appended to ``records_path`` (default ``out/records.jsonl``).
+    """
+    from arf.evaluate.runner import model_tag
+    from arf.io import write_json
+
+    check(bool(finetuned), "finetuned", "no finetuned model given")
+    cfg.validate()
+    byname = {s.name: s for s in sets}
+    check(cfg.select_set in byname, "select_set",
+          f"{cfg.select_set!r} is not among the evaluated sets; choose from {', '.join(byname)}")
+    out = Path(out)
+    tags = [model_tag(f, method=method) for f in finetuned]
+    names = [f"{t.method}-s{t.seed}" if t.seed is not None else f"{t.method}-{i}" for i, t in enumerate(tags)]
+    check(len(set(names)) == len(names), "finetuned", f"two models share a method and seed: {', '.join(names)}")
+    sweeps = [probe_sweep(cfg, f, out / n, byname[cfg.select_set], method=method, opts=opts)
+              for f, n in zip(finetuned, names, strict=True)]
+    mean = {a: sum(s.val[a] for s in sweeps) / len(sweeps) for a in sweeps[0].val}
+    alpha = choose_alpha(mean, cfg.min_val)
+    log.info("WiSE-probe: α %g (mean %s top-1 per α: %s; floor %s)", alpha, cfg.select_set,
+             ", ".join(f"{a:g}: {v:.2f}" for a, v in mean.items()), cfg.min_val)
+    records_path = Path(records_path) if records_path is not None else out / "records.jsonl"
+    finals, records = [], []
+    extra = {"mean_val": {f"{a:g}": v for a, v in mean.items()}, "seeds": [t.seed for t in tags]}
+    for s in sweeps:
+        final, recs = finish(cfg, s, alpha, sets, records_path, opts=opts, extra=extra)
+        finals.append(final)
+        records += recs
+    write_json(out / CHOICE_FILE, {"alpha": alpha, "mean_val": {f"{a:g}": v for a, v in mean.items()},
+                                   "min_val": cfg.min_val, "text_alpha": cfg.text_alpha,
+                                   "select_set": cfg.select_set, "finals": [str(f) for f in finals]})
+    return WiseProbeResult(alpha=alpha, mean_val=mean, finals=finals, records=records)

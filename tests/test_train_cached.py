@@ -1,0 +1,42 @@
+"""``train_cached``: a finished run of the same config is kept, a run of another config is moved aside, not resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from arf.train import TrainConfig
+from arf.train.cached import final_matches, resume_or_fresh, train_cached
+from arf.train.loop import train_hash
+from train_fixtures import make_benchmark
+
+
+def _cfg(tmp_path: Path, **kw) -> TrainConfig:
+    root = tmp_path / "bench"
+    if not root.exists():
+        make_benchmark(root, per_class=4)
+    fields = {"method": "ft", "model": "arf:tiny-clip", "data_root": str(root), "out_dir": str(tmp_path / "runs"),
+              "name": "ft-s0", "batch_size": 8, "max_steps": 2, "lr": 1e-3, "progress": False, "tensorboard": False,
+              "checkpoint_every": 1, **kw}
+    return TrainConfig(**fields)
+
+
+def test_a_finished_run_of_the_same_config_is_not_trained_again(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    final = train_cached(cfg)
+    assert final_matches(final, train_hash(cfg))
+    weights = final / "open_clip_model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert train_cached(cfg) == final and weights.stat().st_mtime_ns == stamp
+    # Its own checkpoints are resumed, not restarted.
+    assert resume_or_fresh(cfg.run_dir, train_hash(cfg)) == "latest"
+
+
+def test_a_run_folder_of_another_config_is_moved_aside(tmp_path: Path) -> None:
+    old = _cfg(tmp_path, lr=1e-3)
+    train_cached(old)
+    new = _cfg(tmp_path, lr=2e-3)
+    assert not final_matches(new.run_dir / "final", train_hash(new))
+    final = train_cached(new)
+    assert final_matches(final, train_hash(new))
+    stale = new.run_dir.with_name(f"{new.run_dir.name}.stale-{train_hash(old)}")
+    assert final_matches(stale / "final", train_hash(old))  # the other config's run, whole, beside the new one

@@ -1,0 +1,143 @@
+"""``arf wise-probe``: the α rule, the text fraction, config errors, and the recipe end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arf.cli import main
+from arf.errors import ConfigError
+from arf.evaluate.zeroshot import is_image_tower_key
+from arf.models import create_model
+from arf.wise_probe import WiseProbeConfig, choose_alpha, text_fraction
+from train_fixtures import COLORS, NAMES, _img, make_benchmark
+
+
+def test_choose_alpha_takes_the_smallest_alpha_over_the_floor() -> None:
+    val = {0.5: 97.2, 0.6: 97.6, 0.7: 98.0, 0.8: 98.2, 0.9: 98.3}
+    assert choose_alpha(val, 97.94) == 0.7
+    assert choose_alpha(val, 97.0) == 0.5
+    # No α reaches the floor, or no floor: the best val, the smaller α of equals.
+    assert choose_alpha(val, 99.0) == 0.9
+    assert choose_alpha({0.5: 90.0, 0.6: 91.0, 0.7: 91.0}, None) == 0.6
+
+
+def test_text_fraction_is_t_over_alpha_to_six_digits() -> None:
+    assert text_fraction(0.2, 0.7) == 0.285714
+    assert text_fraction(0.2, 0.5) == 0.4
+    with pytest.raises(ConfigError, match="text_alpha"):
+        text_fraction(0.8, 0.7)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"alphas": "0:0.5:0.25"}, "alphas: must be > 0"),
+    ({"alphas": "0.5,1.5"}, "alphas"),
+    ({"alphas": "0.5:0.9:0.1", "text_alpha": 0.6}, "text_alpha: 0.6 is more than the smallest"),
+    ({"text_alpha": 1.5}, "text_alpha"),
+    ({"probe_config": "no/such/lp.yaml"}, "probe_config: config file not found"),
+])
+def test_config_errors_name_the_field(fields: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        WiseProbeConfig(**fields).validate()
+
+
+def _add_val(root: Path, per_class: int = 3) -> None:
+    """A val set (new draws of the train classes) beside make_benchmark's train set."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    paths, labels = [], []
+    for k in range(len(NAMES)):
+        for i in range(per_class):
+            rel = f"images/val/{NAMES[k]}_{i}.png"
+            _img(root / rel, COLORS[k], rng)
+            paths.append(rel)
+            labels.append(k)
+    pq.write_table(pa.table({"path": paths, "label": labels, "classname": [NAMES[y] for y in labels],
+                             "family": ["solid"] * len(paths), "sha256": [""] * len(paths)}), root / "val.parquet")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["sets"]["val"] = {**manifest["sets"]["train"], "role": "val", "file": "val.parquet"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def flyp_run(tmp_path: Path) -> tuple[Path, Path]:
+    from arf.train import TrainConfig, train
+
+    root = make_benchmark(tmp_path / "bench", per_class=4)
+    _add_val(root)
+    run = train(TrainConfig(method="flyp", model="arf:tiny-clip", data_root=str(root), out_dir=str(tmp_path / "runs"),
+                            name="flyp-s0", batch_size=8, max_steps=2, lr=1e-3, progress=False, tensorboard=False,
+                            checkpoint_every=0))
+    return root, run / "final"
+
+
+PROBE = ["--probe-set", "max_steps=2", "--probe-set", "batch_size=8", "--probe-set", "progress=false"]
+
+
+@pytest.mark.integration
+def test_recipe_end_to_end_keeps_the_image_tower_and_probe_and_moves_the_text_side(
+        flyp_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root, final = flyp_run
+    out = tmp_path / "wp"
+    args = ["wise-probe", "--zeroshot", "arf:tiny-clip", "--finetuned", str(final), "--suite", "offline",
+            "--data-root", str(root), "--out", str(out), "--alphas", "0.5,1", "--text-alpha", "0.25",
+            "--no-progress", *PROBE]
+    assert main(args) == 0
+    choice = json.loads((out / "wise_probe.json").read_text())
+    assert choice["alpha"] in (0.5, 1.0) and set(choice["mean_val"]) == {"0.5", "1"}
+    a = choice["alpha"]
+    model_dir = out / "flyp-s0"
+    probe = model_dir / f"probe-a{a:g}" / "final"
+    (result,) = [Path(p) for p in choice["finals"]]
+    assert result.parent == model_dir / "final"
+    # The interpolated checkpoints are gone (each probe's final holds them), the probes' resume points too.
+    assert not any((model_dir / "wise").glob("alpha_*")) and not (probe.parent / "checkpoints").exists()
+
+    base = create_model("arf:tiny-clip").model.state_dict()
+    p = load_file(str(probe / "open_clip_model.safetensors"))
+    r = load_file(str(result / "open_clip_model.safetensors"))
+    tuned = load_file(str(final / "open_clip_model.safetensors"))
+    moved = 0
+    for k, v in r.items():
+        if is_image_tower_key(k):
+            assert torch.equal(v, p[k]), k          # step 3 leaves the image tower as probed
+        elif v.is_floating_point() and not torch.equal(base[k], tuned[k]):
+            # text side: 0.25 of the finetuned model's, i.e. base + 0.25 (tuned - base)
+            want = base[k].float() + 0.25 * (tuned[k].float() - base[k].float())
+            torch.testing.assert_close(v.float(), want, rtol=1e-4, atol=1e-5)
+            moved += 1
+    assert moved > 0
+    head, probe_head = (load_file(str(d / "head.safetensors")) for d in (result, probe))
+    assert all(torch.equal(head[k], probe_head[k]) for k in probe_head)
+    meta = json.loads((result / "arf.json").read_text())
+    assert meta["wise_probe"]["alpha"] == a and meta["wise_probe"]["text_alpha"] == 0.25
+
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"flyp-wp"} and {r["set"] for r in records} == {"val"}
+    assert all(r["alpha"] is None and r["seed"] == 0 for r in records)
+    printed = capsys.readouterr().out
+    assert f"alpha {a:g}" in printed and "records appended" in printed
+
+    # A re-run trains nothing and evaluates nothing again.
+    stamp = {q: q.stat().st_mtime_ns for q in (probe / "open_clip_model.safetensors", out / "records.jsonl",
+                                               model_dir / "select.jsonl")}
+    assert main(args) == 0
+    assert {q: q.stat().st_mtime_ns for q in stamp} == stamp
+
+
+def test_cli_errors_name_the_option(flyp_run: tuple[Path, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    root, final = flyp_run
+    common = ["wise-probe", "--zeroshot", "arf:tiny-clip", "--finetuned", str(final), "--suite", "offline",
+              "--data-root", str(root), "--out", str(tmp_path / "wp")]
+    assert main([*common, "--text-alpha", "lots"]) == 2
+    assert "--text-alpha: 'lots'" in capsys.readouterr().err
+    assert main([*common, "--select-set", "id"]) == 2
+    assert "select_set: 'id' is not among the evaluated sets; choose from train, val" in capsys.readouterr().err
