@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -16,7 +14,7 @@ from arf.errors import ConfigError
 from arf.evaluate.zeroshot import is_image_tower_key
 from arf.models import create_model
 from arf.wise_probe import WiseProbeConfig, choose_alpha, text_fraction
-from train_fixtures import COLORS, NAMES, _img, make_benchmark
+from train_fixtures import make_benchmark
 
 
 def test_choose_alpha_takes_the_smallest_alpha_over_the_floor() -> None:
@@ -47,31 +45,11 @@ def test_config_errors_name_the_field(fields: dict, match: str) -> None:
         WiseProbeConfig(**fields).validate()
 
 
-def _add_val(root: Path, per_class: int = 3) -> None:
-    """A val set (new draws of the train classes) beside make_benchmark's train set."""
-    import numpy as np
-
-    rng = np.random.default_rng(7)
-    paths, labels = [], []
-    for k in range(len(NAMES)):
-        for i in range(per_class):
-            rel = f"images/val/{NAMES[k]}_{i}.png"
-            _img(root / rel, COLORS[k], rng)
-            paths.append(rel)
-            labels.append(k)
-    pq.write_table(pa.table({"path": paths, "label": labels, "classname": [NAMES[y] for y in labels],
-                             "family": ["solid"] * len(paths), "sha256": [""] * len(paths)}), root / "val.parquet")
-    manifest = json.loads((root / "manifest.json").read_text())
-    manifest["sets"]["val"] = {**manifest["sets"]["train"], "role": "val", "file": "val.parquet"}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-
-
 @pytest.fixture
 def flyp_run(tmp_path: Path) -> tuple[Path, Path]:
     from arf.train import TrainConfig, train
 
-    root = make_benchmark(tmp_path / "bench", per_class=4)
-    _add_val(root)
+    root = make_benchmark(tmp_path / "bench", per_class=4, val_per_class=3)
     run = train(TrainConfig(method="flyp", model="arf:tiny-clip", data_root=str(root), out_dir=str(tmp_path / "runs"),
                             name="flyp-s0", batch_size=8, max_steps=2, lr=1e-3, progress=False, tensorboard=False,
                             checkpoint_every=0))

@@ -70,19 +70,25 @@ def _img(path: Path, color: tuple[int, int, int], rng: np.random.Generator) -> N
     Image.fromarray(arr).save(path)
 
 
-def make_benchmark(root: Path, per_class: int = 6, n_pool: int = 12, seed: int = 0) -> Path:
-    """Write the benchmark under ``root``; returns ``root``."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
+def _labeled_set(root: Path, name: str, per_class: int, rng: np.random.Generator) -> None:
+    """``name.parquet`` with ``per_class`` noisy solid images of each class under images/<name>/."""
     paths, labels = [], []
     for k in range(len(NAMES)):
         for i in range(per_class):
-            rel = f"images/train/{NAMES[k]}_{i}.png"
+            rel = f"images/{name}/{NAMES[k]}_{i}.png"
             _img(root / rel, COLORS[k], rng)
             paths.append(rel)
             labels.append(k)
     pq.write_table(pa.table({"path": paths, "label": labels, "classname": [NAMES[y] for y in labels],
-                             "family": ["solid"] * len(paths), "sha256": [""] * len(paths)}), root / "train.parquet")
+                             "family": ["solid"] * len(paths), "sha256": [""] * len(paths)}), root / f"{name}.parquet")
+
+
+def make_benchmark(root: Path, per_class: int = 6, n_pool: int = 12, seed: int = 0, val_per_class: int = 0) -> Path:
+    """Write the benchmark under ``root``; returns ``root``. ``val_per_class`` > 0 adds a val set of the train
+    classes (new draws)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    _labeled_set(root, "train", per_class, rng)
     (root / "classnames").mkdir(exist_ok=True)
     (root / "classnames" / "train.json").write_text(json.dumps(NAMES))
     pool_paths, pool_texts = [], []
@@ -96,6 +102,9 @@ def make_benchmark(root: Path, per_class: int = 6, n_pool: int = 12, seed: int =
     manifest = {"version": "test", "sets": {"train": {"role": "train", "file": "train.parquet",
                                                       "classnames": "classnames/train.json",
                                                       "templates": TEMPLATES, "reference": "offline-train"}}}
+    if val_per_class:
+        _labeled_set(root, "val", val_per_class, np.random.default_rng(seed + 1))
+        manifest["sets"]["val"] = {**manifest["sets"]["train"], "role": "val", "file": "val.parquet"}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
