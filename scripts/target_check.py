@@ -15,18 +15,15 @@ docs/RESULTS.md §2, sixteenth session). Records may come from several files; a 
 from __future__ import annotations
 
 import argparse
-import re
 
 from arf.evaluate.records import Record, averages_by_run
-from arf.report import collect_records
+from arf.report import collect_records, seedless_method
 
 ID, SHIFT, ZS = "ID", "OOD avg", "zero-shot avg"
 
 
-def base_method(r: Record) -> str:
-    """``arf-s1`` with seed 1 -> ``arf``; any other name as it is."""
-    m = re.fullmatch(r"(.+)-s(\d+)", r.method)
-    return m.group(1) if m and r.seed is not None and int(m.group(2)) == r.seed else r.method
+# ``arf-s1`` with seed 1 -> ``arf`` (offline_variant.sh's run names); kept under this name for the script's callers.
+base_method = seedless_method
 
 
 def averages(records: list[Record], metric: str) -> dict[tuple[str, float | None, int | None], dict[str, float]]:

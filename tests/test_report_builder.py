@@ -241,3 +241,23 @@ def test_methods_keeps_the_named_methods_and_the_zero_shot_start(tmp_path, capsy
     assert main(["report", str(path), "--out", str(tmp_path / "r"), "--methods", "arf,lp"]) == 2
     err = capsys.readouterr().err
     assert err == "arf: error: --methods: no records of method 'lp'; choose from arf, flyp, ft, zeroshot\n"
+
+
+def test_merge_seeds_makes_runs_named_after_their_seed_one_row(tmp_path, capsys):
+    # scripts/offline_variant.sh records method "<name>-s<seed>": one row per seed unless merged.
+    import dataclasses
+
+    from arf.report import merge_seed_names, seedless_method
+
+    named = [dataclasses.replace(r, method=f"{r.method}-s{r.seed}") if r.seed is not None else r
+             for r in synthetic()]
+    other = Record("x", "arf-s3", 1.0, "idset", "id", "top1", 1.0, 100, "h", 0)  # seed 0: a name, not a seed
+    assert seedless_method(other) == "arf-s3" and {r.method for r in merge_seed_names(named)} == {*METHODS, "zeroshot"}
+    path = tmp_path / "records.jsonl"
+    append_records(path, named)
+    assert main(["report", str(path), "--out", str(tmp_path / "r"), "--merge-seeds", "--methods", "arf"]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "r" / "summary.json").read_text())["rows"]}
+    want = {r.label: r for r in build_table(synthetic()).rows}
+    assert set(rows) == {"zeroshot", "arf", "arf + WiSE-FT (α=0.5)"}
+    assert rows["arf"]["cells"]["OOD avg"]["mean"] == pytest.approx(want["arf"].cells["OOD avg"].mean)
+    assert rows["arf"]["cells"]["OOD avg"]["n"] == 3

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                    help="show method OLD as NEW (repeatable, or comma-separated; applied at once, so names can swap; "
                         "the records files are not changed)")
+    p.add_argument("--merge-seeds", action="store_true",
+                   help="treat methods named <name>-s<seed> (recorded with that seed) as replicates of <name>, "
+                        "before --rename (scripts/offline_variant.sh names its runs so)")
     p.add_argument("--methods", metavar="M1,M2", help="only these methods (after --rename); zeroshot is always kept "
                                                       "as the start of the WiSE-FT curves")
     p.set_defaults(func=cmd_report)
@@ -41,10 +44,13 @@ def parse_renames(items: list[str]) -> dict[str, str]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from arf.evaluate.wise import parse_alphas
-    from arf.report import build_report, collect_records, rename_methods, select_methods
+    from arf.report import build_report, collect_records, merge_seed_names, rename_methods, select_methods
 
     alphas = parse_alphas(args.wise_alpha, field="--wise-alpha")
-    records = rename_methods(collect_records(args.inputs), parse_renames(args.rename))
+    records = collect_records(args.inputs)
+    if args.merge_seeds:
+        records = merge_seed_names(records)
+    records = rename_methods(records, parse_renames(args.rename))
     if args.methods:
         records = select_methods(records, [m.strip() for m in args.methods.split(",") if m.strip()])
     result = build_report(records, args.out, metric=args.metric, wise_alphas=alphas)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from arf.report.tables import Table, build_table, to_markdown, write_csv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportResult", "build_report", "collect_records", "rename_methods", "select_methods"]
+__all__ = ["ReportResult", "build_report", "collect_records", "merge_seed_names", "rename_methods", "seedless_method",
+           "select_methods"]
 
 
 def collect_records(inputs: Sequence[str | Path]) -> list[Record]:
@@ -63,6 +65,18 @@ def rename_methods(records: Sequence[Record], renames: Mapping[str, str]) -> lis
         if new in kept:
             log.warning("--rename %s=%s: method %r has records already; the two are merged", old, new, new)
     return [dataclasses.replace(r, method=renames.get(r.method, r.method)) for r in records]
+
+
+def seedless_method(r: Record) -> str:
+    """``arf-s1`` recorded with seed 1 -> ``arf``: runs named after their seed (``scripts/offline_variant.sh``'s
+    ``<name>-s<seed>``) are replicates of one method. Any other name (``arf-s3`` with seed 0) stays as it is."""
+    m = re.fullmatch(r"(.+)-s(\d+)", r.method)
+    return m.group(1) if m and r.seed is not None and int(m.group(2)) == r.seed else r.method
+
+
+def merge_seed_names(records: Sequence[Record]) -> list[Record]:
+    """Records with each method named by :func:`seedless_method`, so that one row holds every seed."""
+    return [dataclasses.replace(r, method=seedless_method(r)) for r in records]
 
 
 def select_methods(records: Sequence[Record], methods: Sequence[str]) -> list[Record]:
