@@ -115,6 +115,8 @@ CORRUPT: dict[str, tuple[bytes, str]] = {
 # ---------------------------------------------------------------------------------------------- corrupt input
 
 
+# The pixel-limit cases are expected to warn on their way to the BadImage the test asserts.
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("kind", sorted(CORRUPT))
 def test_corrupt_bytes_raise_bad_image(kind: str) -> None:
     data, why = CORRUPT[kind]
@@ -136,6 +138,8 @@ def test_bad_image_message_has_no_per_process_address() -> None:
     assert "0x" not in msgs.pop()
 
 
+# The pixel-limit cases are expected to warn on their way to the BadImage the test asserts.
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("kind", sorted(CORRUPT))
 def test_corrupt_files_on_disk_raise_bad_image(kind: str, tmp_path: Path) -> None:
     p = tmp_path / "img.bin"
@@ -410,6 +414,8 @@ def test_counter_is_thread_safe() -> None:
     assert c.good == 4000 and c.n_bad == 400 and c.seen == 4400
 
 
+# The pixel-limit cases are expected to warn on their way to the BadImage the test asserts.
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_counter_end_to_end_with_open_image(tmp_path: Path) -> None:
     # The loop every stage runs: decode, count, skip; summary names the bad files.
     files = []

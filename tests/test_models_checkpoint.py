@@ -91,6 +91,8 @@ def test_missing_weights_file(tmp_path) -> None:
         create_model(str(out))
 
 
+# The crafted files use pickle protocols 4/5 on purpose; torch warns before refusing them.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_torch_file_loads_weights_only_and_refuses_code(tmp_path) -> None:
     b = create_model("arf:tiny-clip")
     out = save_checkpoint(b, tmp_path / "ck")

@@ -52,6 +52,8 @@ def _evil_files(tmp: Path, marker: Path) -> dict[str, Path]:
     return files
 
 
+# The crafted files use pickle protocols 4/5 on purpose; torch warns before refusing them.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_crafted_pickles_are_refused_and_never_run(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
     files = _evil_files(tmp_path, marker)
