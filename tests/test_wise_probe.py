@@ -109,6 +109,14 @@ def test_recipe_end_to_end_keeps_the_image_tower_and_probe_and_moves_the_text_si
     assert main(args) == 0
     assert {q: q.stat().st_mtime_ns for q in stamp} == stamp
 
+    # Another probe config retrains the probes, and the result follows the new probe, not the cached old one.
+    assert main([*args, "--probe-set", "max_steps=3"]) == 0
+    choice = json.loads((out / "wise_probe.json").read_text())
+    probe = model_dir / f"probe-a{choice['alpha']:g}" / "final"
+    head, probe_head = (load_file(str(Path(d) / "head.safetensors")) for d in (choice["finals"][0], probe))
+    assert all(torch.equal(head[k], probe_head[k]) for k in probe_head)
+    assert json.loads((probe / "arf.json").read_text())["train"]["steps"] == 3
+
 
 def test_cli_errors_name_the_option(flyp_run: tuple[Path, Path], tmp_path: Path,
                                     capsys: pytest.CaptureFixture) -> None:

@@ -199,15 +199,21 @@ def finish(
     from arf.models import create_model
 
     probe = sweep.probes[alpha]
+    # The probe's train hash: a probe retrained (another probe config) must not find the text-moved model of the
+    # old one, which wise_sweep's own cache (it checks α only) would keep.
+    probe_hash = read_json(probe / "arf.json").get("train", {}).get("config_hash")
     if cfg.text_alpha is None:
         final = probe
     else:
         t = text_fraction(cfg.text_alpha, alpha)
+        final = sweep.folder / "final" / alpha_dirname(1.0, t)
+        if (final / "arf.json").is_file() and read_json(final / "arf.json").get("wise_probe", {}).get(
+                "probe_hash") != probe_hash:
+            shutil.rmtree(final)
         wise_sweep(cfg.zeroshot, str(probe), [1.0], out_dir=sweep.folder / "final", text_alpha=t,
                    method=sweep.method, seed=sweep.seed)
-        final = sweep.folder / "final" / alpha_dirname(1.0, t)
     choice = {"wise_probe": {"alpha": alpha, "text_alpha": cfg.text_alpha, "zeroshot": cfg.zeroshot,
-                             "finetuned": sweep.finetuned, "probe": str(probe),
+                             "finetuned": sweep.finetuned, "probe": str(probe), "probe_hash": probe_hash,
                              "val": {f"{a:g}": v for a, v in sweep.val.items()},
                              "min_val": cfg.min_val, **(extra or {})}}
     meta = read_json(final / "arf.json")
