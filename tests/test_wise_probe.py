@@ -127,3 +127,25 @@ def test_cli_errors_name_the_option(flyp_run: tuple[Path, Path], tmp_path: Path,
     assert "--text-alpha: 'lots'" in capsys.readouterr().err
     assert main([*common, "--select-set", "id"]) == 2
     assert "select_set: 'id' is not among the evaluated sets; choose from train, val" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("probe_config", "passed"), [("configs/offline/lp.yaml", True),
+                                                      ("configs/paper/lp.yaml", False)])
+def test_data_root_reaches_the_probe_only_for_built_suites(probe_config: str, passed: bool, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # --data-root is the evaluation suites' root; a folder-suite probe (ImageNet train) keeps its own data_root.
+    import arf.cli.evaluate
+    import arf.wise_probe
+    from arf.wise_probe import CONFIG_DIR, WiseProbeResult
+
+    seen = {}
+
+    def fake_run(cfg, finetuned, out, sets, **kw):
+        seen["overrides"] = cfg.probe_overrides
+        return WiseProbeResult(alpha=0.5, mean_val={0.5: 1.0}, finals=[], records=[])
+
+    monkeypatch.setattr(arf.wise_probe, "run_wise_probe", fake_run)
+    monkeypatch.setattr(arf.cli.evaluate, "load_sets", lambda *a, **k: [])
+    assert main(["wise-probe", "--finetuned", "x", "--suite", "offline", "--out", str(tmp_path), "--data-root",
+                 "/data/root", "--probe-config", str(CONFIG_DIR.parent / probe_config), "--probe-set", "seed=1"]) == 0
+    assert seen["overrides"] == (["data_root=/data/root", "seed=1"] if passed else ["seed=1"])

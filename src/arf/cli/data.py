@@ -1,4 +1,5 @@
-"""CLI: ``arf data build`` (the offline benchmark) and ``arf data info`` (what a suite holds)."""
+"""CLI: ``arf data build`` (the offline benchmark), ``arf data holdout`` (a val split out of a class-folder train
+set) and ``arf data info`` (what a suite holds)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--limit-emoji", type=int, default=None, help="tiny build from the first N emoji (tests)")
     b.add_argument("--force", action="store_true", help="rebuild even when an up-to-date build exists")
     b.set_defaults(func=_build)
+
+    h = dsub.add_parser("holdout", help="move N images per class out of a class-folder train set into a val split",
+                        description="Moves --per-class images of every class folder of SRC into DST/<class>/ "
+                                    "(chosen by a seeded hash of the file names: the same split on every machine; "
+                                    "resumable). For ImageNet: SRC <root>/imagenet/train, DST "
+                                    "<root>/imagenet/heldout, which the imagenet suite reads as its val set.")
+    h.add_argument("src", help="class-folder training set (e.g. $ARF_DATA/imagenet/train)")
+    h.add_argument("dst", help="where the held-out images go (e.g. $ARF_DATA/imagenet/heldout)")
+    h.add_argument("--per-class", type=int, default=10, help="images held out per class (default 10)")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--undo", action="store_true", help="move the held-out images back to SRC")
+    h.set_defaults(func=_holdout)
 
     i = dsub.add_parser("info", help="list a suite's sets with roles, sizes and classes")
     i.add_argument("suite", nargs="?", default="offline", help="suite name (default: offline)")
@@ -46,6 +59,17 @@ def _build(args: argparse.Namespace) -> int:
     )
     out = build(cfg, force=args.force)
     print(out)
+    return 0
+
+
+def _holdout(args: argparse.Namespace) -> int:
+    from arf.data.holdout import hold_out, restore
+
+    if args.undo:
+        print(f"moved {restore(args.src, args.dst)} images back to {args.src}")
+        return 0
+    res = hold_out(args.src, args.dst, args.per_class, args.seed)
+    print(f"{res.held_out} images of {res.classes} classes held out in {args.dst} ({res.moved} moved now)")
     return 0
 
 

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None, help="method name (default: from the checkpoints)")
     p.add_argument("--keep-interpolated", action="store_true",
                    help="keep the WiSE-FT checkpoints of each alpha (each probe's final/ holds the same towers)")
-    p.add_argument("--data-root", default=None, help="root of the suites' data (default: $ARF_DATA)")
+    p.add_argument("--data-root", default=None, help="root of the suites' data (default: $ARF_DATA); also the probe's "
+                   "training data root unless its config reads class folders (suite: folder)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -62,12 +63,18 @@ def cmd_wise_probe(args: argparse.Namespace) -> int:
 
     cfg = WiseProbeConfig(zeroshot=args.zeroshot, alphas=args.alphas, min_val=args.min_val,
                           text_alpha=_text_alpha(args.text_alpha), select_set=args.select_set,
-                          probe_overrides=[*([f"data_root={args.data_root}"] if args.data_root else []),
-                                           *args.probe_overrides],
-                          keep_interpolated=args.keep_interpolated)
+                          probe_overrides=list(args.probe_overrides), keep_interpolated=args.keep_interpolated)
     if args.probe_config:
         cfg.probe_config = args.probe_config
     cfg.validate()  # before any set is read
+    if args.data_root:
+        # A built suite (offline) trains from the same root the evaluation reads; a folder suite (ImageNet train)
+        # names its own class-folder root in the probe config, which --data-root (the suites' root) must not replace.
+        from arf.config import load_config
+        from arf.train.config import TrainConfig
+
+        if load_config(TrainConfig, cfg.probe_config, cfg.probe_overrides).suite != "folder":
+            cfg.probe_overrides.insert(0, f"data_root={args.data_root}")
     sets = load_sets(args.suite, args.data_root)
     res = run_wise_probe(cfg, _names(args.finetuned), args.out, sets, records_path=args.records,
                          method=args.method, opts=_options(args))

@@ -5,6 +5,7 @@ Layout expected under a user-data root (each dataset: one folder per class, or a
 with ``path,label`` beside the class folders)::
 
     <root>/imagenet/val/<wnid>/*.JPEG          <root>/imagenet-a/<wnid>/*        <root>/imagenet-r/<wnid>/*
+    <root>/imagenet/heldout/<wnid>/*  (optional: the val split `arf data holdout` moves out of imagenet/train)
     <root>/imagenetv2/<0..999>/*               <root>/imagenet-sketch/<wnid>/*
     <root>/objectnet/images/<folder>/*  + <root>/objectnet/mappings/*.json (as in the ObjectNet release)
     <root>/<dataset>/<class folder>/*  for zeroshot-10 (folders sorted = label order of the class-name asset)
@@ -136,6 +137,8 @@ class FolderSpec:
     class_mask: str | None = None
     label_map: str | None = None
     border_crop: int = 0
+    # A set the user makes only when wanted (``arf data holdout``): its absence is not worth a warning.
+    optional: bool = False
 
 
 def _dataset_dir(root: Path | None, subdir: str) -> Path:
@@ -253,6 +256,9 @@ def load_folder_set(spec: FolderSpec, root: Path | None) -> LabeledSet:
 IMAGENET = FolderSpec(
     "imagenet", "imagenet/val", "id", "imagenet", "imagenet", folders="imagenet_wnids", reference="imagenet"
 )
+# The val split held out of ImageNet train by `arf data holdout` (ImageNet's own val set is the ID test set).
+IMAGENET_HELDOUT = FolderSpec("imagenet-heldout", "imagenet/heldout", "val", "imagenet", "imagenet",
+                              folders="imagenet_wnids", reference="imagenet", optional=True)
 IMAGENET_SHIFT = (
     FolderSpec("imagenet-v2", "imagenetv2", "shift", "imagenet", "imagenet", index_folders=True, reference="imagenet"),
     FolderSpec(
@@ -311,7 +317,7 @@ ZEROSHOT_10 = tuple(
         "ucf101",
     )
 )
-USER_SPECS = {s.name: s for s in (IMAGENET, *IMAGENET_SHIFT, *ZEROSHOT_10)}
+USER_SPECS = {s.name: s for s in (IMAGENET, IMAGENET_HELDOUT, *IMAGENET_SHIFT, *ZEROSHOT_10)}
 
 
 def _user_suite(name: str, specs: tuple[FolderSpec, ...]) -> SuiteBuilder:
@@ -321,7 +327,10 @@ def _user_suite(name: str, specs: tuple[FolderSpec, ...]) -> SuiteBuilder:
             try:
                 sets.append(load_folder_set(spec, root))
             except InputFileError as e:
-                missing.append(str(e))
+                if spec.optional:
+                    log.info("suite %s: %s (optional; skipped)", name, e)
+                else:
+                    missing.append(str(e))
         if not sets:
             raise InputFileError(f"suite {name!r}: no dataset found; {'; '.join(missing)}")
         for m in missing:
@@ -332,7 +341,7 @@ def _user_suite(name: str, specs: tuple[FolderSpec, ...]) -> SuiteBuilder:
     return build
 
 
-SUITES.register("imagenet", _user_suite("imagenet", (IMAGENET,)))
+SUITES.register("imagenet", _user_suite("imagenet", (IMAGENET, IMAGENET_HELDOUT)))
 SUITES.register("imagenet-shift", _user_suite("imagenet-shift", IMAGENET_SHIFT))
 SUITES.register("zeroshot-10", _user_suite("zeroshot-10", ZEROSHOT_10))
 
