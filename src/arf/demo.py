@@ -31,12 +31,11 @@ from arf.config import check, load_config, save_config
 from arf.data.offline import BuildConfig
 from arf.errors import ConfigError
 from arf.models.align import BaseBuildConfig
+from arf.paths import CONFIG_DIR
 from arf.provenance import environment
 
 log = logging.getLogger(__name__)
 
-# The repository's configs/ folder (the package is installed editable by ./run).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass
@@ -282,8 +281,9 @@ def _wise_probe(cfg: DemoConfig, finals: list[tuple[str, int, Path]], current: l
         if r.set == "val" and r.metric == "top1" and r.alpha == 1.0 and r.method in cfg.methods:
             vals.setdefault(r.method, []).append(r.value)
     check(bool(vals), "wise_probe", "no val records of the finetuned models (α = 1) to set the floor from")
-    best = max(vals, key=lambda m: sum(vals[m]) / len(vals[m]))
-    floor = sum(vals[best]) / len(vals[best]) - stage.val_within
+    means = {m: sum(v) / len(v) for m, v in vals.items()}
+    best = max(means, key=means.__getitem__)
+    floor = means[best] - stage.val_within
     log.info("WiSE-probe: val floor %.2f (%s's mean val - %g)", floor, best, stage.val_within)
     # The probe is this protocol's lp: configs/offline/lp.yaml with the protocol's overrides for lp.
     overrides = [*([f"data_root={data_root}"] if cfg.data.out else []), *method_train_overrides(cfg, "lp")]

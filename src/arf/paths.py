@@ -1,9 +1,13 @@
-"""Where ARF keeps caches: one root (``ARF_HOME``, default ``~/.cache/arf``) shared by setup and the library."""
+"""Where ARF keeps caches: one root (``ARF_HOME``, default ``~/.cache/arf``) shared by setup and the library; and the
+repository's ``configs/`` folder, which the demo and the read-out recipe load their method configs from."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# The package is installed editable by ./run, so configs/ sits two folders above src/arf/.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def arf_home() -> Path:

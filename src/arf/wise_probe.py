@@ -28,11 +28,10 @@ from typing import Any
 
 from arf.config import check, config_hash, load_config
 from arf.errors import ConfigError
+from arf.paths import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
-# The repository's configs/ folder (the package is installed editable by ./run).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SUFFIX = "-wp"  # records of the recipe's models: method "<finetuned method>-wp"
 SELECT_RECORDS = "select.jsonl"
 CHOICE_FILE = "wise_probe.json"
@@ -253,12 +252,13 @@ def run_wise_probe(
              ", ".join(f"{a:g}: {v:.2f}" for a, v in mean.items()), cfg.min_val)
     records_path = Path(records_path) if records_path is not None else out / "records.jsonl"
     finals, records = [], []
-    extra = {"mean_val": {f"{a:g}": v for a, v in mean.items()}, "seeds": [t.seed for t in tags]}
+    mean_val = {f"{a:g}": v for a, v in mean.items()}  # JSON keys
     for s in sweeps:
-        final, recs = finish(cfg, s, alpha, sets, records_path, opts=opts, extra=extra)
+        final, recs = finish(cfg, s, alpha, sets, records_path, opts=opts,
+                             extra={"mean_val": mean_val, "seeds": [t.seed for t in tags]})
         finals.append(final)
         records += recs
-    write_json(out / CHOICE_FILE, {"alpha": alpha, "mean_val": {f"{a:g}": v for a, v in mean.items()},
+    write_json(out / CHOICE_FILE, {"alpha": alpha, "mean_val": mean_val,
                                    "min_val": cfg.min_val, "text_alpha": cfg.text_alpha,
                                    "select_set": cfg.select_set, "finals": [str(f) for f in finals]})
     return WiseProbeResult(alpha=alpha, mean_val=mean, finals=finals, records=records)
