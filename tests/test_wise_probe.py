@@ -131,21 +131,35 @@ def test_cli_errors_name_the_option(flyp_run: tuple[Path, Path], tmp_path: Path,
 
 @pytest.mark.parametrize(("probe_config", "passed"), [("configs/offline/lp.yaml", True),
                                                       ("configs/paper/lp.yaml", False)])
-def test_data_root_reaches_the_probe_only_for_built_suites(probe_config: str, passed: bool, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    # --data-root is the evaluation suites' root; a folder-suite probe (ImageNet train) keeps its own data_root.
+def test_data_root_reaches_the_probe_only_for_built_suites(probe_config: str, passed: bool, tmp_path: Path) -> None:
+    # data_root is the evaluation suites' root; a folder-suite probe (ImageNet train) keeps its own data_root.
+    from arf.config import load_config
+    from arf.train.config import TrainConfig
+    from arf.wise_probe import CONFIG_DIR, _probe_config
+
+    path = str(CONFIG_DIR.parent / probe_config)
+    own = load_config(TrainConfig, path, []).data_root
+    cfg = WiseProbeConfig(probe_config=path, data_root="/data/root")
+    tcfg = _probe_config(cfg, "m", tmp_path, 0.5, seed=1)
+    assert (tcfg.data_root, tcfg.seed) == ("/data/root" if passed else own, 1)
+    # A data_root the caller sets on the probe itself wins over the suites' root.
+    cfg.probe_overrides = ["data_root=/probe/root"]
+    assert _probe_config(cfg, "m", tmp_path, 0.5, seed=1).data_root == "/probe/root"
+
+
+def test_cli_data_root_reaches_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import arf.cli.evaluate
     import arf.wise_probe
-    from arf.wise_probe import CONFIG_DIR, WiseProbeResult
+    from arf.wise_probe import WiseProbeResult
 
     seen = {}
 
     def fake_run(cfg, finetuned, out, sets, **kw):
-        seen["overrides"] = cfg.probe_overrides
+        seen["cfg"] = cfg
         return WiseProbeResult(alpha=0.5, mean_val={0.5: 1.0}, finals=[], records=[])
 
     monkeypatch.setattr(arf.wise_probe, "run_wise_probe", fake_run)
     monkeypatch.setattr(arf.cli.evaluate, "load_sets", lambda *a, **k: [])
     assert main(["wise-probe", "--finetuned", "x", "--suite", "offline", "--out", str(tmp_path), "--data-root",
-                 "/data/root", "--probe-config", str(CONFIG_DIR.parent / probe_config), "--probe-set", "seed=1"]) == 0
-    assert seen["overrides"] == (["data_root=/data/root", "seed=1"] if passed else ["seed=1"])
+                 "/data/root", "--probe-set", "seed=1"]) == 0
+    assert (seen["cfg"].data_root, seen["cfg"].probe_overrides) == ("/data/root", ["seed=1"])

@@ -286,11 +286,12 @@ def _wise_probe(cfg: DemoConfig, finals: list[tuple[str, int, Path]], current: l
     floor = means[best] - stage.val_within
     log.info("WiSE-probe: val floor %.2f (%s's mean val - %g)", floor, best, stage.val_within)
     # The probe is this protocol's lp: configs/offline/lp.yaml with the protocol's overrides for lp.
-    overrides = [*([f"data_root={data_root}"] if cfg.data.out else []), *method_train_overrides(cfg, "lp")]
+    overrides = method_train_overrides(cfg, "lp")
     new: list[Any] = []
     for method in stage.methods:
         wcfg = WiseProbeConfig(zeroshot=cfg.model, alphas=stage.alphas, min_val=floor, text_alpha=stage.text_alpha,
-                               probe_config=str(method_config("lp")), probe_overrides=overrides)
+                               probe_config=str(method_config("lp")), probe_overrides=overrides,
+                               data_root=str(data_root) if cfg.data.out else None)
         res = run_wise_probe(wcfg, [str(f) for m, _, f in finals if m == method], out / "wise-probe" / method,
                              eval_sets, records_path=records, method=method)
         log.info("WiSE-probe %s: α %g", method, res.alpha)

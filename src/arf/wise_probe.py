@@ -48,6 +48,9 @@ class WiseProbeConfig:
     select_set: str = "val"
     probe_config: str = str(CONFIG_DIR / "offline" / "lp.yaml")
     probe_overrides: list[str] = field(default_factory=list)  # TrainConfig key=value for the probe
+    # The suites' data root; the probe trains from it too unless its config reads class folders (suite: folder),
+    # whose root the probe config names itself (ImageNet train), not the evaluation suites' root.
+    data_root: str | None = None
     keep_interpolated: bool = False    # keep step 1's WiSE-FT checkpoints (each probe's final/ holds the same towers)
 
     def validate(self) -> list[float]:
@@ -131,6 +134,9 @@ def _probe_config(cfg: WiseProbeConfig, model: str, folder: Path, alpha: float, 
     if seed is not None:
         overrides.append(f"seed={seed}")
     tcfg = load_config(TrainConfig, cfg.probe_config, overrides)
+    if cfg.data_root is not None and tcfg.suite != "folder":
+        # First, so that a data_root in probe_overrides still wins.
+        tcfg = load_config(TrainConfig, cfg.probe_config, [f"data_root={cfg.data_root}", *overrides])
     check(tcfg.method == "lp", "probe_config", f"must train method lp (a probe on frozen towers), not {tcfg.method!r}")
     return tcfg
 

@@ -63,18 +63,11 @@ def cmd_wise_probe(args: argparse.Namespace) -> int:
 
     cfg = WiseProbeConfig(zeroshot=args.zeroshot, alphas=args.alphas, min_val=args.min_val,
                           text_alpha=_text_alpha(args.text_alpha), select_set=args.select_set,
-                          probe_overrides=list(args.probe_overrides), keep_interpolated=args.keep_interpolated)
+                          probe_overrides=list(args.probe_overrides), keep_interpolated=args.keep_interpolated,
+                          data_root=args.data_root)
     if args.probe_config:
         cfg.probe_config = args.probe_config
     cfg.validate()  # before any set is read
-    if args.data_root:
-        # A built suite (offline) trains from the same root the evaluation reads; a folder suite (ImageNet train)
-        # names its own class-folder root in the probe config, which --data-root (the suites' root) must not replace.
-        from arf.config import load_config
-        from arf.train.config import TrainConfig
-
-        if load_config(TrainConfig, cfg.probe_config, cfg.probe_overrides).suite != "folder":
-            cfg.probe_overrides.insert(0, f"data_root={args.data_root}")
     sets = load_sets(args.suite, args.data_root)
     res = run_wise_probe(cfg, _names(args.finetuned), args.out, sets, records_path=args.records,
                          method=args.method, opts=_options(args))
