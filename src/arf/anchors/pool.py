@@ -215,11 +215,11 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     ``stop_after_shards`` makes the run raise after that many shards are written (tests of resumption).
     """
     import torch
-    from tqdm import tqdm
 
     from arf.anchors.encode import load_bundle
     from arf.evaluate.zeroshot import weights_fingerprint
     from arf.models.text import text_pad_id, trim_padding
+    from arf.progress import progress_bar
 
     cfg.validate()
     rank, world = parse_shard(cfg.shard) if cfg.shard else world_from_env()
@@ -281,7 +281,7 @@ def embed_pool(cfg: PoolConfig, bundle: Any | None = None, *, stop_after_shards:
     # Pool texts are short (median ~8 tokens of a 256 context): towers that mask padding encode only used columns.
     pad_id = text_pad_id(bundle.model)
     n_pairs, n_written, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(total=sum(len(r) for _, r in shards), unit="pair", disable=not cfg.progress or rank != 0,
+    bar = progress_bar(total=sum(len(r) for _, r in shards), unit="pair", enabled=cfg.progress and rank == 0,
                desc=f"embed {rank}/{world}")
     try:
         with torch.inference_mode():

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from arf.evaluate.runner import EvalOptions, encode_set, set_fingerprint
 from arf.models.base import eval_mode
 from arf.models.trunk import MAX_CACHE_BYTES, TrunkSplit, cache_fits, find_shared_split, prefix_batches, same_state
+from arf.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class PrefixFeatures:
         device = torch.device(opts.device)
         entry = SetActivations()
         batches = prefix_batches(self.split, ds, bundle.preprocess_val, device, opts.batch_size, opts.num_workers)
-        for x, h, y, _ in tqdm(batches, desc=f"prefix {ds.name}", unit="batch", disable=not opts.progress,
+        for x, h, y, _ in progress_bar(batches, desc=f"prefix {ds.name}", unit="batch", enabled=opts.progress,
                                leave=False):
             if not entry.acts:
                 if not self.verified and not self._verify(x, h):

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from arf.config import config_hash
 from arf.data.formats import EVAL_ROLES
 from arf.evaluate.records import Record, append_records, read_records
 from arf.evaluate.zeroshot import Head, HeadCache, tensor_fingerprint, weights_fingerprint, zeroshot_head
 from arf.models.base import eval_mode
+from arf.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def encode_set_indexed(
     loader = make_loader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=opts.num_workers)
     feats, labels, index = [], [], []
     with eval_mode(bundle.model) as model:
-        for images, ys, idx in tqdm(loader, desc=f"eval {ds.name}", unit="batch", disable=not opts.progress,
+        for images, ys, idx in progress_bar(loader, desc=f"eval {ds.name}", unit="batch", enabled=opts.progress,
                                     leave=False):
             f = model.encode_image(images.to(opts.device), normalize=True)
             feats.append(f.float().cpu())

@@ -275,9 +275,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
     loader = iter(make_step_loader(counter_ds, sampler, cfg.num_workers))
     bar = None
     if info.is_master and cfg.progress:
-        from tqdm import tqdm
+        from arf.progress import progress_bar
 
-        bar = tqdm(total=total, initial=step, desc=f"train {cfg.method}", dynamic_ncols=True)
+        bar = progress_bar(total=total, initial=step, desc=f"train {cfg.method}", dynamic_ncols=True)
 
     current: Phase | None = None
     ddp: nn.Module = module
