@@ -27,9 +27,15 @@ base_method = seedless_method
 
 
 def averages(records: list[Record], metric: str) -> dict[tuple[str, float | None, int | None], dict[str, float]]:
-    """(method, α rounded, seed) -> role averages; only evaluations that have all three columns."""
-    return {key: avg for key, avg in averages_by_run(records, metric, base_method).items()
-            if all(c in avg for c in (ID, SHIFT, ZS))}
+    """(method, α rounded, seed) -> role averages; only evaluations that have all three columns. A run with no
+    α-unset records is its α = 1 sweep point (``arf demo`` evaluates the finetuned models only in their sweep), as
+    in the report (:func:`arf.report.tables.endpoint_records`)."""
+    avg = {key: avg for key, avg in averages_by_run(records, metric, base_method).items()
+           if all(c in avg for c in (ID, SHIFT, ZS))}
+    for (m, a, s), v in list(avg.items()):
+        if a == 1.0:
+            avg.setdefault((m, None, s), v)
+    return avg
 
 
 def check_seed(avg: dict, method: str, seed: int, peers: list[str], wise: list[str], margin: float,

@@ -47,3 +47,18 @@ def test_a_method_without_records_is_one_clear_error(tmp_path):
     append_records(runs, _records("ft", 0, 98.8, 28.0, 28.0))
     with pytest.raises(SystemExit, match="no records of arf with a seed"):
         check["main"]([str(runs), "--method", "arf"])
+
+
+def test_a_sweeps_alpha_1_point_is_the_model_where_no_plain_records_exist(tmp_path, capsys):
+    # arf demo records the finetuned models only as α = 1 of their WiSE-FT sweeps.
+    runs = tmp_path / "records.jsonl"
+    append_records(runs, _records("arf", 0, 97.0, 32.0, 41.0, alpha=1.0)
+                   + _records("ft", 0, 98.0, 28.0, 28.0, alpha=1.0) + _records("ft", 0, 97.5, 30.5, 33.0, alpha=0.7)
+                   + _records("lp", 0, 95.0, 24.0, 38.0))
+    assert check["main"]([str(runs), "--method", "arf", "--peers", "lp,ft"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "| 0 | 97.0 / 32.0 / 41.0 | -1.00 (ft) | +1.50 (ft@0.7) ✗ | +3.00 (lp) | no |"
+    # Plain records, where they exist, are the model; the α = 1 point does not replace them.
+    append_records(runs, _records("arf", 0, 98.0, 33.0, 42.0))
+    assert check["main"]([str(runs), "--method", "arf", "--peers", "lp,ft"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("| 0 | 98.0 / 33.0 / 42.0 |")
