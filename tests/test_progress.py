@@ -62,3 +62,14 @@ def test_closed_or_replaced_stream_counts_as_log() -> None:
     closed.close()
     assert not progress._is_terminal(closed)
     assert not progress._is_terminal(object())
+
+
+def test_the_stream_written_to_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bar drawn on a terminal given as ``file`` redraws often even when stderr goes to a log.
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr(progress.sys, "stderr", io.StringIO())
+    bar = progress_bar(range(3), file=_Tty())
+    try:
+        assert bar.mininterval == 0.1
+    finally:
+        bar.close()

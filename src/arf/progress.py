@@ -16,10 +16,11 @@ LOG_INTERVAL_S = 60.0  # seconds between redraws when stderr is not a terminal
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, **kw: Any) -> Any:
-    """A ``tqdm`` bar (``disable`` when not ``enabled``); sparse redraws when stderr is not a terminal."""
+    """A ``tqdm`` bar (``disable`` when not ``enabled``); sparse redraws when the stream it writes to (``file``,
+    default stderr) is not a terminal."""
     from tqdm import tqdm
 
-    if not _is_terminal(sys.stderr) and "TQDM_MININTERVAL" not in os.environ:
+    if not _is_terminal(kw.get("file") or sys.stderr) and "TQDM_MININTERVAL" not in os.environ:
         kw.setdefault("mininterval", LOG_INTERVAL_S)
     return tqdm(iterable, disable=not enabled, **kw)
 

@@ -259,9 +259,9 @@ def run_wise_probe(
     records_path = Path(records_path) if records_path is not None else out / "records.jsonl"
     finals, records = [], []
     mean_val = {f"{a:g}": v for a, v in mean.items()}  # JSON keys
+    extra = {"mean_val": mean_val, "seeds": [t.seed for t in tags]}
     for s in sweeps:
-        final, recs = finish(cfg, s, alpha, sets, records_path, opts=opts,
-                             extra={"mean_val": mean_val, "seeds": [t.seed for t in tags]})
+        final, recs = finish(cfg, s, alpha, sets, records_path, opts=opts, extra=extra)
         finals.append(final)
         records += recs
     write_json(out / CHOICE_FILE, {"alpha": alpha, "mean_val": mean_val,
