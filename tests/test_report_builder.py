@@ -261,3 +261,19 @@ def test_merge_seeds_makes_runs_named_after_their_seed_one_row(tmp_path, capsys)
     assert set(rows) == {"zeroshot", "arf", "arf + WiSE-FT (α=0.5)"}
     assert rows["arf"]["cells"]["OOD avg"]["mean"] == pytest.approx(want["arf"].cells["OOD avg"].mean)
     assert rows["arf"]["cells"]["OOD avg"]["n"] == 3
+
+
+def test_many_methods_put_the_legend_beside_the_axes(tmp_path):
+    # Thirteen legend entries (as in `arf demo --full`) inside the axes covered the zero-shot star; beside them,
+    # the figure widens and the axes keep the small report's size.
+    from arf.report.plots import LEGEND_INSIDE_MAX, CurvePoint, plot_curves
+
+    few = {"zeroshot": [CurvePoint(None, 20.0, 30.0)], "ft": [CurvePoint(None, 90.0, 25.0)]}
+    many = dict(few, **{f"m{i}": [CurvePoint(None, 50.0 + i, 30.0 + i)] for i in range(LEGEND_INSIDE_MAX)})
+    sizes = {}
+    for name, pts in (("few", few), ("many", many)):
+        plot_curves(pts, tmp_path / f"{name}.png", "ID", "OOD", name)
+        with Image.open(tmp_path / f"{name}.png") as im:
+            sizes[name] = im.size
+    assert sizes["few"] == (900, 600)
+    assert sizes["many"][0] > 900 and sizes["many"][1] == 600

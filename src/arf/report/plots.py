@@ -23,6 +23,8 @@ MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">")
 # matplotlib's ten-colour cycle (C0–C9) holds the methods ARF ships; further methods (ablations, sweeps) take these
 # darker colours instead of wrapping round onto lp's blue and lpft's orange.
 EXTRA_COLORS = ("#1b1b7a", "#8b0000", "#00695c", "#9a7400", "#c2185b", "#4a148c", "#33691e", "#3e2723")
+LEGEND_INSIDE_MAX = 8  # legend entries (the star included) that fit inside the axes without hiding the data
+OUTSIDE_LEGEND_WIDTH = 2.0  # inches added to the figure when the legend moves to the right of the axes
 
 
 def style_color(i: int) -> str:
@@ -83,13 +85,17 @@ def style_index(method: str, methods: Iterable[str]) -> int:
 def plot_curves(
     points: dict[str, list[CurvePoint]], path: str | Path, xlabel: str, ylabel: str, title: str
 ) -> int:
-    """Draw every method on one figure (900×600 px) and save a PNG; returns the number of curves (≥ 2 points)."""
+    """Draw every method on one figure and save a PNG; returns the number of curves (≥ 2 points).
+
+    900×600 px with the legend inside the axes; with more than LEGEND_INSIDE_MAX entries (``arf demo --full``
+    has 13) the legend goes to the right of the axes and the figure widens, so the axes keep their size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
+    outside = 1 + sum(m != "zeroshot" for m in points) > LEGEND_INSIDE_MAX
+    fig, ax = plt.subplots(figsize=(9 + OUTSIDE_LEGEND_WIDTH * outside, 6), dpi=100)
     # The zero-shot model once, first in the legend: its own evaluation if recorded, else a sweep's α = 0 point.
     zero = [p for p in points.get("zeroshot", []) if p.alpha is None]
     zero = zero or [p for pts in points.values() for p in pts if p.alpha == 0.0][:1]
@@ -122,7 +128,11 @@ def plot_curves(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=9, framealpha=0.9)
+        if outside:
+            # loc="best" with a dozen entries covers curves or the zero-shot star (seen in the full demo's plots).
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=9)
+        else:
+            ax.legend(loc="best", fontsize=9, framealpha=0.9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
