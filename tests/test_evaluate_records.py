@@ -1,6 +1,8 @@
-"""Records: JSONL round trip, atomic append, dedupe, role averages, bad lines named."""
+"""Records: JSONL round trip, atomic append, dedupe, role averages, bad lines named, re-reads of an unchanged file."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -66,3 +68,21 @@ def test_averages_by_run_groups_method_alpha_and_seed_after_dedupe():
                    ("ft", 0.3, 0): {"ID": 70.0}}
     assert set(averages_by_run(rs, name=lambda r: r.method + "-x")) == {("ft-x", None, 0), ("ft-x", None, 1),
                                                                           ("ft-x", 0.3, 0)}
+
+
+def test_read_records_reuses_an_unchanged_file_and_sees_every_change(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_records(path, [rec("x", "id", 1.0)])
+    first = read_records(path)
+    again = read_records(path)
+    # The parsed records are shared (a sweep re-reads its file before every evaluation), the list is the caller's.
+    assert again == first and again is not first and again[0] is first[0]
+    append_records(path, [rec("y", "id", 2.0)])  # atomic replace: a new inode
+    assert [r.set for r in read_records(path)] == ["x", "y"]
+    # An edit in place (same inode) that changes the size is seen too.
+    text = path.read_text().replace('"value": 2.0', '"value": 22.0')
+    with path.open("w") as f:
+        f.write(text)
+    assert [r.value for r in read_records(path)] == [1.0, 22.0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first[0].value = 5.0  # shared records cannot be changed under another caller

@@ -12,6 +12,8 @@ from PIL import Image
 
 from arf.errors import ArfError, InputFileError
 from arf.models import create_model, load_checkpoint, save_checkpoint
+from arf.models.checkpoint import skip_init_on_load
+from arf.models.openclip import build_open_clip_model
 
 
 def _finetune_a_little(bundle) -> None:
@@ -118,3 +120,39 @@ def test_not_a_checkpoint_folder(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputFileError, match="not a checkpoint folder"):
         create_model(str(tmp_path / "empty"))
+
+
+def _all_tensors(model) -> dict[str, torch.Tensor]:
+    # Parameters and every buffer, the non-persistent ones (not in the state dict, never loaded) included.
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def test_skip_init_on_load_gives_the_same_model_without_the_init_draws(tmp_path) -> None:
+    b = create_model("arf:tiny-clip")
+    _finetune_a_little(b)
+    out = save_checkpoint(b, tmp_path / "ck")
+
+    torch.manual_seed(0)
+    plain = create_model(str(out))
+    after_plain = torch.rand(4)
+    torch.manual_seed(0)
+    with skip_init_on_load():
+        fast = create_model(str(out))
+        # A model meant to be random is no checkpoint load: it keeps its initialisation inside the block too.
+        tiny = create_model("arf:tiny-clip")
+    after_fast = torch.rand(4)
+
+    want, got = _all_tensors(plain.model), _all_tensors(fast.model)
+    assert want.keys() == got.keys()
+    assert not [k for k in want if not torch.equal(want[k], got[k])]
+    for x, y in zip(_outputs(plain.model, plain.tokenizer, plain.preprocess_val),
+                    _outputs(fast.model, fast.tokenizer, fast.preprocess_val), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    ref = _all_tensors(create_model("arf:tiny-clip").model)
+    assert all(torch.equal(ref[k], v) for k, v in _all_tensors(tiny.model).items())
+    # The skipped initialisation no longer advances the global RNG stream ...
+    assert not torch.equal(after_plain, after_fast)
+    # ... which is why a plain load (what training does after seeding) keeps drawing exactly as building does.
+    torch.manual_seed(0)
+    build_open_clip_model(json.loads((out / "open_clip_config.json").read_text())["model_cfg"])
+    torch.testing.assert_close(torch.rand(4), after_plain, rtol=0, atol=0)

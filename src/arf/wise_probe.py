@@ -151,6 +151,7 @@ def probe_sweep(
     from arf.evaluate.zeroshot import load_trained_head
     from arf.io import read_json, write_json
     from arf.models import create_model
+    from arf.models.checkpoint import skip_init_on_load
     from arf.train.cached import final_matches, train_cached
     from arf.train.loop import train_hash
 
@@ -179,7 +180,8 @@ def probe_sweep(
             shutil.rmtree(tcfg.run_dir / "checkpoints", ignore_errors=True)
         if not cfg.keep_interpolated:
             shutil.rmtree(wise_dir, ignore_errors=True)
-        bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
+        with skip_init_on_load():  # evaluation only; the probe's training (above) seeds its own stream
+            bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
         ptag = ModelTag(model=str(final.resolve()), method=f"{tag.method}{SUFFIX}-select", alpha=alpha, seed=tag.seed)
         recs = evaluate_to_file(bundle, [select], load_trained_head(str(final)), folder / SELECT_RECORDS, tag=ptag,
                                 opts=opts)
@@ -202,6 +204,7 @@ def finish(
     from arf.evaluate.zeroshot import load_trained_head
     from arf.io import read_json, write_json
     from arf.models import create_model
+    from arf.models.checkpoint import skip_init_on_load
 
     probe = sweep.probes[alpha]
     # The probe's train hash: a probe retrained (another probe config) must not find the text-moved model of the
@@ -224,7 +227,8 @@ def finish(
     meta = read_json(final / "arf.json")
     if meta.get("wise_probe") != choice["wise_probe"]:
         write_json(final / "arf.json", {**meta, **choice})
-    bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
+    with skip_init_on_load():
+        bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
     tag = ModelTag(model=str(final.resolve()), method=f"{sweep.method}{SUFFIX}", seed=sweep.seed)
     return final, evaluate_to_file(bundle, sets, load_trained_head(str(final)), records_path, tag=tag, opts=opts)
 

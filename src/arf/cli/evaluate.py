@@ -119,10 +119,12 @@ def format_records(records: list[Any]) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from arf.evaluate import evaluate, evaluate_to_file, load_trained_head, model_tag
     from arf.models import create_model
+    from arf.models.checkpoint import skip_init_on_load
 
     opts = _options(args)
     sets = load_sets(args.suite, args.data_root, args.sets)
-    bundle = create_model(args.model, device=opts.device)
+    with skip_init_on_load():  # evaluation only: nothing random follows the load
+        bundle = create_model(args.model, device=opts.device)
     head = load_trained_head(args.model) if Path(args.model).exists() else None
     tag = model_tag(args.model, method=args.method, seed=args.seed)
     if args.out:

@@ -210,12 +210,14 @@ def wise_sweep(
     from arf.evaluate.runner import EvalOptions, evaluate, evaluate_to_file, model_tag
     from arf.evaluate.zeroshot import head_info, load_trained_head, write_head_file
     from arf.models import create_model, save_checkpoint
+    from arf.models.checkpoint import skip_init_on_load
     from arf.models.trunk import MAX_CACHE_BYTES
 
     check(sets is not None or out_dir is not None, "wise", "nothing to do: give sets to evaluate and/or an out_dir")
     opts = opts or EvalOptions()
-    bundle0 = create_model(zeroshot, device=opts.device)
-    bundle1 = create_model(finetuned, device=opts.device)
+    with skip_init_on_load():  # interpolation and evaluation are deterministic: no RNG stream to keep
+        bundle0 = create_model(zeroshot, device=opts.device)
+        bundle1 = create_model(finetuned, device=opts.device)
     head1 = load_trained_head(finetuned)
     tag1 = model_tag(finetuned, method=method, seed=seed)
     if text_alpha is not None:
