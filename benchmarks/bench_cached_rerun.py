@@ -3,7 +3,9 @@
 A cached `arf demo --full` re-run (every evaluation already recorded) still opens each finetuned model to
 fingerprint its weights and re-reads ``records.jsonl`` before every evaluation. This times, in interleaved rounds
 (medians): (a) a checkpoint load as training does it (the architecture's random init, then the weights) and as
-evaluation does it (``skip_init_on_load``); (b) the first parse of a records file and a re-read of it unchanged::
+evaluation does it (``skip_init_on_load``); (b) the weights' fingerprint, hashing each tensor's buffer in place and,
+as before 2026-12-07, through a ``tobytes()`` copy; (c) the first parse of a records file and a re-read of it
+unchanged::
 
     python benchmarks/bench_cached_rerun.py --model arf:mini-clip --records runs/demo-full/records.jsonl
 """
@@ -27,8 +29,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    import hashlib
+
     import arf.models
     from arf.evaluate import records as rec
+    from arf.evaluate.zeroshot import weights_fingerprint
     from arf.models.checkpoint import skip_init_on_load
 
     def load_plain() -> None:
@@ -38,7 +43,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         with skip_init_on_load():
             arf.models.create_model(args.model)
 
-    fns = {"load, random init (s)": load_plain, "load, skip_init_on_load (s)": load_skip}
+    model = arf.models.create_model(args.model).model
+
+    def fingerprint() -> None:
+        weights_fingerprint(model)
+
+    def fingerprint_copy() -> None:  # the same hash through a copy of every tensor's bytes (the code before)
+        h = hashlib.sha256()
+        for name, t in model.state_dict().items():
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+    fns = {"load, random init (s)": load_plain, "load, skip_init_on_load (s)": load_skip,
+           "fingerprint, in place (s)": fingerprint, "fingerprint, tobytes copy (s)": fingerprint_copy}
     if args.records:
         def parse() -> None:
             rec._PARSED.clear()  # the first read of a file in a process
@@ -53,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out["rounds wall (s)"] = time.perf_counter() - t0
     a, b = out["load, random init (s)"], out["load, skip_init_on_load (s)"]
     out["load ratio"] = a / b
+    out["fingerprint ratio"] = out["fingerprint, tobytes copy (s)"] / out["fingerprint, in place (s)"]
+    out["weights (MB)"] = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
     if args.records:
         out["records"] = float(len(rec.read_records(args.records)))
     print(json.dumps({k: round(v, 4) for k, v in out.items()}, indent=1))

@@ -110,3 +110,32 @@ def test_head_from_trimmed_prompts_equals_full_context_head():
     fill = [lambda c, t=t: fill_template(t, c) for t in templates]
     full = build_zero_shot_classifier(bundle.model.eval(), bundle.tokenizer, names, fill, device="cpu").T
     assert torch.allclose(trimmed, full.float(), atol=1e-5)
+
+
+def test_weights_fingerprint_is_names_dtypes_shapes_and_bytes_of_every_tensor():
+    # The format is what every cached record and head is keyed by: a change to it re-evaluates every user's runs.
+    import hashlib
+
+    from arf.evaluate.zeroshot import text_fingerprint, weights_fingerprint
+
+    model = torch.nn.Module()
+    model.visual = torch.nn.Linear(3, 2)
+    model.text = torch.nn.Embedding(4, 2)
+    model.register_buffer("steps", torch.tensor(7))  # integer buffers count too
+    model.half_scale = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+
+    def by_hand(skip_visual: bool) -> str:
+        h = hashlib.sha256()
+        for name, t in model.state_dict().items():
+            if skip_visual and name.startswith("visual."):
+                continue
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    assert weights_fingerprint(model) == by_hand(False)
+    assert text_fingerprint(model) == by_hand(True) != by_hand(False)
+    before = weights_fingerprint(model)
+    with torch.no_grad():
+        model.visual.weight[0, 0] += 1e-6
+    assert weights_fingerprint(model) != before and text_fingerprint(model) == by_hand(True)
