@@ -78,6 +78,8 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     # A re-run with the same inputs trains nothing again and appends no duplicate records.
     finals = {p: p.stat().st_mtime_ns for p in (out / "train").glob("*/final/open_clip_model.safetensors")}
     assert len(finals) == 3
+    # Finished runs keep final/ only: their resume points (weights + optimizer state) are gone.
+    assert not list((out / "train").glob("*/checkpoints")) and not list(out.rglob("step_*"))
     probes = list((out / "wise-probe").rglob("open_clip_model.safetensors"))
     assert len(probes) == 3  # two probes (α 0.5, 1) and the result
     finals.update({p: p.stat().st_mtime_ns for p in probes})

@@ -40,3 +40,24 @@ def test_a_run_folder_of_another_config_is_moved_aside(tmp_path: Path) -> None:
     assert final_matches(final, train_hash(new))
     stale = new.run_dir.with_name(f"{new.run_dir.name}.stale-{train_hash(old)}")
     assert final_matches(stale / "final", train_hash(old))  # the other config's run, whole, beside the new one
+
+
+def test_without_resume_points_a_finished_run_keeps_only_final_and_is_still_recognised(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    final = train_cached(cfg, keep_resume_points=False)
+    assert final_matches(final, train_hash(cfg)) and not (cfg.run_dir / "checkpoints").exists()
+    stamp = (final / "open_clip_model.safetensors").stat().st_mtime_ns
+    assert train_cached(cfg, keep_resume_points=False) == final  # cached, not retrained
+    assert (final / "open_clip_model.safetensors").stat().st_mtime_ns == stamp
+    # A run found cached with its resume points loses them too (the demo's folders from before the option).
+    kept = _cfg(tmp_path, name="ft-s1")
+    train_cached(kept)
+    assert (kept.run_dir / "checkpoints").is_dir()
+    train_cached(kept, keep_resume_points=False)
+    assert not (kept.run_dir / "checkpoints").exists()
+    # Another config over a finished run that has no resume points left: that run is moved aside whole too.
+    new = _cfg(tmp_path, lr=2e-3)
+    final_new = train_cached(new, keep_resume_points=False)
+    assert final_matches(final_new, train_hash(new))
+    stale = new.run_dir.with_name(f"{new.run_dir.name}.stale-{train_hash(cfg)}")
+    assert final_matches(stale / "final", train_hash(cfg))

@@ -81,6 +81,9 @@ class DemoConfig:
     data: BuildConfig = field(default_factory=BuildConfig)
     base: BaseBuildConfig = field(default_factory=BaseBuildConfig)
     wise_probe: WiseProbeStage = field(default_factory=WiseProbeStage)
+    # Keep each finished training run's resume points (checkpoints/: weights and optimizer state, 330 MB a run).
+    # Off: the demo only needs final/, and a killed run resumes from its points all the same until it finishes.
+    keep_resume_points: bool = False
 
     def validate(self) -> None:
         check(bool(self.methods), "methods", "must name at least one method")
@@ -243,7 +246,7 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
                              *([f"data_root={data_root}"] if cfg.data.out else []),
                              *method_train_overrides(cfg, method)]
                 tcfg = load_config(TrainConfig, method_config(method), overrides)
-                finals.append((method, seed, train_cached(tcfg)))
+                finals.append((method, seed, train_cached(tcfg, keep_resume_points=cfg.keep_resume_points)))
 
     with stage("wise"):
         for method, seed, final in finals:

@@ -175,9 +175,8 @@ def probe_sweep(
         if not final_matches(final, train_hash(tcfg)):
             wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=folder / "wise", method=tag.method, seed=tag.seed)
             log.info("WiSE-probe %s: probe at α %g", tag.method, alpha)
-            train_cached(tcfg)
-            # final/ is complete: its resume points only take disk space (gigabytes over a grid of models).
-            shutil.rmtree(tcfg.run_dir / "checkpoints", ignore_errors=True)
+            # final/ is complete: its resume points would only take disk space (gigabytes over a grid of models).
+            train_cached(tcfg, keep_resume_points=False)
         if not cfg.keep_interpolated:
             shutil.rmtree(wise_dir, ignore_errors=True)
         with skip_init_on_load():  # evaluation only; the probe's training (above) seeds its own stream
