@@ -81,7 +81,7 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     # Finished runs keep final/ only: their resume points (weights + optimizer state) are gone.
     assert not list((out / "train").glob("*/checkpoints")) and not list(out.rglob("step_*"))
     probes = list((out / "wise-probe").rglob("open_clip_model.safetensors"))
-    assert len(probes) == 3  # two probes (α 0.5, 1) and the result
+    assert len(probes) == 2  # the chosen α's probe (the other's val is in probe_val.json) and the result
     finals.update({p: p.stat().st_mtime_ns for p in probes})
     cached = [out / "anchors" / "retrieved" / "anchors.parquet", *(out / "anchors" / "pool-emb").rglob("*.faiss*"),
               *(captions / "corpus_emb").glob("*.npy")]

@@ -103,11 +103,30 @@ def test_recipe_end_to_end_keeps_the_image_tower_and_probe_and_moves_the_text_si
     printed = capsys.readouterr().out
     assert f"alpha {a:g}" in printed and "records appended" in printed
 
-    # A re-run trains nothing and evaluates nothing again.
+    # Only the chosen α's probe is kept; every α's val stays in probe_val.json.
+    other = 1.0 if a == 0.5 else 0.5
+    assert not (model_dir / f"probe-a{other:g}").exists()
+    known = json.loads((model_dir / "probe_val.json").read_text())
+    assert {k: v["val"] for k, v in known.items()} == choice["mean_val"]
+
+    # A re-run trains nothing and evaluates nothing again (nor brings the removed probe back).
     stamp = {q: q.stat().st_mtime_ns for q in (probe / "open_clip_model.safetensors", out / "records.jsonl",
-                                               model_dir / "select.jsonl")}
+                                               model_dir / "select.jsonl", model_dir / "probe_val.json")}
     assert main(args) == 0
     assert {q: q.stat().st_mtime_ns for q in stamp} == stamp
+    assert not (model_dir / f"probe-a{other:g}").exists()
+
+    # A later choice of the removed α (here: a grid of that α alone) takes its val from probe_val.json and trains
+    # that probe again — the same weights as a run that kept every probe.
+    only = [x if x != "0.5,1" else f"{other:g}" for x in args]
+    assert main(only) == 0
+    assert json.loads((out / "wise_probe.json").read_text())["alpha"] == other
+    kept = tmp_path / "wp-kept"
+    assert main([*[x if x != str(out) else str(kept) for x in args], "--keep-probes"]) == 0
+    assert (kept / "flyp-s0" / "probe-a0.5").is_dir() and (kept / "flyp-s0" / "probe-a1").is_dir()
+    again, first = (load_file(str(d / "flyp-s0" / f"probe-a{other:g}" / "final" / "open_clip_model.safetensors"))
+                    for d in (out, kept))
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
 
     # Another probe config retrains the probes, and the result follows the new probe, not the cached old one.
     assert main([*args, "--probe-set", "max_steps=3"]) == 0

@@ -15,6 +15,8 @@ applies it to every method. For a finetuned model θ1 and its zero-shot model θ
 
 The image tower and the probe of step 3 are those of step 1, bit for bit. Every step is cached in the output
 folder: finished probes are not trained again, recorded evaluations not repeated, so a killed run is started again.
+Each probe's val is kept in ``probe_val.json`` beside its train hash; the probes of the α not chosen (a whole
+model each) are then removed unless ``keep_probes``, and one is trained again only if a later choice needs it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 SUFFIX = "-wp"  # records of the recipe's models: method "<finetuned method>-wp"
 SELECT_RECORDS = "select.jsonl"
 CHOICE_FILE = "wise_probe.json"
+VAL_FILE = "probe_val.json"  # per α: the probe's train hash, the selection set's fingerprint and its val
 
 
 @dataclass
@@ -52,6 +55,9 @@ class WiseProbeConfig:
     # whose root the probe config names itself (ImageNet train), not the evaluation suites' root.
     data_root: str | None = None
     keep_interpolated: bool = False    # keep step 1's WiSE-FT checkpoints (each probe's final/ holds the same towers)
+    # Keep the probes of every α, not only the chosen one's: a whole model each (100 MB for the offline base,
+    # 7 GB over arf demo --full's 84 probes), needed again only by a later choice of another α.
+    keep_probes: bool = False
 
     def validate(self) -> list[float]:
         """The parsed α grid; a ConfigError names the field that is wrong."""
@@ -146,13 +152,12 @@ def probe_sweep(
     seed: int | None = None, opts: Any = None,
 ) -> ProbeSweep:
     """Step 1: a probe per α on the interpolated towers, evaluated on ``select`` (records in folder/select.jsonl)."""
-    from arf.evaluate.runner import ModelTag, evaluate_to_file, model_tag
-    from arf.evaluate.wise import alpha_dirname, wise_sweep
+    from arf.evaluate.runner import ModelTag, evaluate_to_file, model_tag, set_fingerprint
+    from arf.evaluate.wise import alpha_dirname
     from arf.evaluate.zeroshot import load_trained_head
     from arf.io import read_json, write_json
     from arf.models import create_model
     from arf.models.checkpoint import skip_init_on_load
-    from arf.train.cached import final_matches, train_cached
     from arf.train.loop import train_hash
 
     alphas = cfg.validate()
@@ -166,30 +171,57 @@ def probe_sweep(
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(stamp, {"key": key, "zeroshot": cfg.zeroshot, "finetuned": str(finetuned)})
+    known = read_json(folder / VAL_FILE) if (folder / VAL_FILE).is_file() else {}
+    select_fp = set_fingerprint(select)
     val: dict[float, float] = {}
     probes: dict[float, Path] = {}
     for alpha in alphas:
-        wise_dir = folder / "wise" / alpha_dirname(alpha)
-        tcfg = _probe_config(cfg, str(wise_dir), folder, alpha, tag.seed, getattr(opts, "progress", True))
+        tcfg = _probe_config(cfg, str(folder / "wise" / alpha_dirname(alpha)), folder, alpha, tag.seed,
+                             getattr(opts, "progress", True))
         final = tcfg.run_dir / "final"
-        if not final_matches(final, train_hash(tcfg)):
-            wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=folder / "wise", method=tag.method, seed=tag.seed)
-            log.info("WiSE-probe %s: probe at α %g", tag.method, alpha)
-            # final/ is complete: its resume points would only take disk space (gigabytes over a grid of models).
-            train_cached(tcfg, keep_resume_points=False)
-        if not cfg.keep_interpolated:
-            shutil.rmtree(wise_dir, ignore_errors=True)
+        probes[alpha] = final
+        entry = {"train_hash": train_hash(tcfg), "select": select_fp}
+        seen = known.get(f"{alpha:g}", {})
+        if {k: seen.get(k) for k in entry} == entry:
+            # This very probe was evaluated on this very set: its folder may be gone (a choice of another α).
+            val[alpha] = float(seen["val"])
+            log.info("WiSE-probe %s seed %s: α %g, probe %s top-1 %.2f (recorded)", tag.method, tag.seed, alpha,
+                     select.name, val[alpha])
+            continue
+        train_probe(cfg, finetuned, folder, alpha, tag.method, tag.seed, opts)
         with skip_init_on_load():  # evaluation only; the probe's training (above) seeds its own stream
             bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
         ptag = ModelTag(model=str(final.resolve()), method=f"{tag.method}{SUFFIX}-select", alpha=alpha, seed=tag.seed)
         recs = evaluate_to_file(bundle, [select], load_trained_head(str(final)), folder / SELECT_RECORDS, tag=ptag,
                                 opts=opts)
         val[alpha] = next(r.value for r in recs if r.metric == "top1")
-        probes[alpha] = final
+        known[f"{alpha:g}"] = {**entry, "val": val[alpha]}
+        write_json(folder / VAL_FILE, known)  # after each α: a killed sweep keeps what it evaluated
         log.info("WiSE-probe %s seed %s: α %g, probe %s top-1 %.2f", tag.method, tag.seed, alpha, select.name,
                  val[alpha])
     return ProbeSweep(finetuned=str(finetuned), method=tag.method, seed=tag.seed, folder=folder, val=val,
                       probes=probes)
+
+
+def train_probe(cfg: WiseProbeConfig, finetuned: str, folder: Path, alpha: float, method: str | None,
+                seed: int | None, opts: Any = None) -> Path:
+    """Step 1's probe at ``alpha`` (its ``final/``): cached when this config made it, else trained on the
+    interpolated towers."""
+    from arf.evaluate.wise import alpha_dirname, wise_sweep
+    from arf.train.cached import final_matches, train_cached
+    from arf.train.loop import train_hash
+
+    wise_dir = folder / "wise" / alpha_dirname(alpha)
+    tcfg = _probe_config(cfg, str(wise_dir), folder, alpha, seed, getattr(opts, "progress", True))
+    final = tcfg.run_dir / "final"
+    if not final_matches(final, train_hash(tcfg)):
+        wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=folder / "wise", method=method, seed=seed)
+        log.info("WiSE-probe %s: probe at α %g", method, alpha)
+        # final/ is complete: its resume points would only take disk space (gigabytes over a grid of models).
+        train_cached(tcfg, keep_resume_points=False)
+    if not cfg.keep_interpolated:
+        shutil.rmtree(wise_dir, ignore_errors=True)
+    return final
 
 
 def finish(
@@ -205,7 +237,8 @@ def finish(
     from arf.models import create_model
     from arf.models.checkpoint import skip_init_on_load
 
-    probe = sweep.probes[alpha]
+    # The chosen probe: its folder is gone when an earlier run chose another α and removed this one.
+    probe = train_probe(cfg, sweep.finetuned, sweep.folder, alpha, sweep.method, sweep.seed, opts)
     # The probe's train hash: a probe retrained (another probe config) must not find the text-moved model of the
     # old one, which wise_sweep's own cache (it checks α only) would keep.
     probe_hash = read_json(probe / "arf.json").get("train", {}).get("config_hash")
@@ -267,6 +300,10 @@ def run_wise_probe(
         final, recs = finish(cfg, s, alpha, sets, records_path, opts=opts, extra=extra)
         finals.append(final)
         records += recs
+        if not cfg.keep_probes:
+            for a, probe in s.probes.items():
+                if a != alpha and probe.parent.exists():
+                    shutil.rmtree(probe.parent)  # probe-a<α>/: its val stays in probe_val.json
     write_json(out / CHOICE_FILE, {"alpha": alpha, "mean_val": mean_val,
                                    "min_val": cfg.min_val, "text_alpha": cfg.text_alpha,
                                    "select_set": cfg.select_set, "finals": [str(f) for f in finals]})

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None, help="method name (default: from the checkpoints)")
     p.add_argument("--keep-interpolated", action="store_true",
                    help="keep the WiSE-FT checkpoints of each alpha (each probe's final/ holds the same towers)")
+    p.add_argument("--keep-probes", action="store_true",
+                   help="keep the probe of every alpha (default: only the chosen alpha's; the others' val is kept "
+                        "in probe_val.json, and a later choice of another alpha trains its probe again)")
     p.add_argument("--data-root", default=None, help="root of the suites' data (default: $ARF_DATA); also the probe's "
                    "training data root unless its config reads class folders (suite: folder)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
@@ -64,7 +67,7 @@ def cmd_wise_probe(args: argparse.Namespace) -> int:
     cfg = WiseProbeConfig(zeroshot=args.zeroshot, alphas=args.alphas, min_val=args.min_val,
                           text_alpha=_text_alpha(args.text_alpha), select_set=args.select_set,
                           probe_overrides=list(args.probe_overrides), keep_interpolated=args.keep_interpolated,
-                          data_root=args.data_root)
+                          keep_probes=args.keep_probes, data_root=args.data_root)
     if args.probe_config:
         cfg.probe_config = args.probe_config
     cfg.validate()  # before any set is read
