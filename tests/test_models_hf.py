@@ -8,6 +8,7 @@ from PIL import Image
 
 from arf.errors import ConfigError
 from arf.models import create_model, save_checkpoint
+from arf.models.checkpoint import skip_init_on_load
 
 transformers = pytest.importorskip("transformers")
 
@@ -70,6 +71,12 @@ def test_hf_dual_encoder_contract_and_roundtrip(kind, tmp_path) -> None:
                                    rtol=0, atol=1e-5)
     for (k, v), (k2, v2) in zip(b.model.state_dict().items(), again.model.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
+    # Without the random init (evaluation's loads): the same tensors, non-persistent buffers included.
+    with skip_init_on_load():
+        fast = create_model(str(out))
+    want = {**dict(again.model.named_parameters()), **dict(again.model.named_buffers())}
+    got = {**dict(fast.model.named_parameters()), **dict(fast.model.named_buffers())}
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_hf_rejects_non_dual_encoder(tmp_path) -> None:
