@@ -48,6 +48,7 @@ class WiseProbeStage:
     alphas: str = "0.3:0.9:0.1"
     text_alpha: float | None = 0.2
     val_within: float = 1.0
+    keep_probes: bool = False  # keep every α's probe, not only the chosen one's (WiseProbeConfig.keep_probes)
 
 
 @dataclass
@@ -293,6 +294,7 @@ def _wise_probe(cfg: DemoConfig, finals: list[tuple[str, int, Path]], current: l
     new: list[Any] = []
     for method in stage.methods:
         wcfg = WiseProbeConfig(zeroshot=cfg.model, alphas=stage.alphas, min_val=floor, text_alpha=stage.text_alpha,
+                               keep_probes=stage.keep_probes,
                                probe_config=str(method_config("lp")), probe_overrides=overrides,
                                data_root=str(data_root) if cfg.data.out else None)
         res = run_wise_probe(wcfg, [str(f) for m, _, f in finals if m == method], out / "wise-probe" / method,
