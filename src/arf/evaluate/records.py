@@ -72,8 +72,8 @@ class Record:
 
 
 # Parsed files, keyed by path and validated by (device, inode, size, mtime): a WiSE-FT sweep reads its records file
-# before every evaluation, and a cached `arf demo --full` re-run did so ~370 times on 5,500 records — a sixth of
-# its time spent parsing the same unchanged lines. append_records replaces the file (a new inode), so any write
+# before every evaluation, and a cached `arf demo --full` re-run did so 374 times on 5,540 records — an eighth of
+# its profiled time spent parsing the same unchanged lines. append_records replaces the file (a new inode), so any write
 # shows. A few paths at most are kept (the records file, a wise-probe's select.jsonl).
 _PARSED: dict[Path, tuple[tuple[int, int, int, int], list[Record]]] = {}
 _PARSED_MAX = 8

@@ -142,7 +142,8 @@ _SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("arf_skip_init
 def skip_init_on_load() -> Iterator[None]:
     """Checkpoints loaded inside the block skip the architecture's random initialisation (transformers'
     ``no_init_weights``): every weight is overwritten by the strict load anyway, and on the offline base the
-    initialisation was two thirds of a load (0.3 of 0.45 s; a cached `arf demo --full` re-run loads 170 models).
+    initialisation is three quarters of a load (0.24 s → 0.06 s, benchmarks/bench_cached_rerun.py; a cached
+    `arf demo --full` re-run loads 170 models).
 
     Not the default because the initialisation draws from the global RNG: training seeds, loads its model and then
     takes dropout masks from that stream, so skipping the draws would change every trained model's numbers. Use it
