@@ -112,9 +112,14 @@ def test_recipe_end_to_end_keeps_the_image_tower_and_probe_and_moves_the_text_si
     # A re-run trains nothing and evaluates nothing again (nor brings the removed probe back).
     stamp = {q: q.stat().st_mtime_ns for q in (probe / "open_clip_model.safetensors", out / "records.jsonl",
                                                model_dir / "select.jsonl", model_dir / "probe_val.json")}
+    # A removal a kill interrupted (the probe folder is renamed first, so it is whole or gone) is cleared.
+    left = model_dir / ".probe-a0.7.removing" / "final"
+    left.mkdir(parents=True)
+    (left / "arf.json").write_text("{}")
     assert main(args) == 0
     assert {q: q.stat().st_mtime_ns for q in stamp} == stamp
-    assert not (model_dir / f"probe-a{other:g}").exists()
+    assert not (model_dir / f"probe-a{other:g}").exists() and not left.parent.exists()
+    assert not list(model_dir.glob(".*.removing"))
 
     # A later choice of the removed α (here: a grid of that α alone) takes its val from probe_val.json and trains
     # that probe again — the same weights as a run that kept every probe.

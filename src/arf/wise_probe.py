@@ -171,6 +171,8 @@ def probe_sweep(
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(stamp, {"key": key, "zeroshot": cfg.zeroshot, "finetuned": str(finetuned)})
+    for left in folder.glob(".probe-*.removing"):  # a removal a kill interrupted (_remove)
+        shutil.rmtree(left, ignore_errors=True)
     known = read_json(folder / VAL_FILE) if (folder / VAL_FILE).is_file() else {}
     select_fp = set_fingerprint(select)
     val: dict[float, float] = {}
@@ -222,6 +224,15 @@ def train_probe(cfg: WiseProbeConfig, finetuned: str, folder: Path, alpha: float
     if not cfg.keep_interpolated:
         shutil.rmtree(wise_dir, ignore_errors=True)
     return final
+
+
+def _remove(folder: Path) -> None:
+    """Remove a probe's folder so that a kill leaves it whole or gone: a half-deleted ``final/`` whose ``arf.json``
+    survived would pass for a finished probe. The rename is atomic; ``probe_sweep`` clears what a kill left."""
+    doomed = folder.with_name(f".{folder.name}.removing")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed)
 
 
 def finish(
@@ -303,7 +314,7 @@ def run_wise_probe(
         if not cfg.keep_probes:
             for a, probe in s.probes.items():
                 if a != alpha and probe.parent.exists():
-                    shutil.rmtree(probe.parent)  # probe-a<α>/: its val stays in probe_val.json
+                    _remove(probe.parent)  # probe-a<α>/: its val stays in probe_val.json
     write_json(out / CHOICE_FILE, {"alpha": alpha, "mean_val": mean_val,
                                    "min_val": cfg.min_val, "text_alpha": cfg.text_alpha,
                                    "select_set": cfg.select_set, "finals": [str(f) for f in finals]})
