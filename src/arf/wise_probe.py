@@ -153,7 +153,6 @@ def probe_sweep(
 ) -> ProbeSweep:
     """Step 1: a probe per α on the interpolated towers, evaluated on ``select`` (records in folder/select.jsonl)."""
     from arf.evaluate.runner import ModelTag, evaluate_to_file, model_tag, set_fingerprint
-    from arf.evaluate.wise import alpha_dirname
     from arf.evaluate.zeroshot import load_trained_head
     from arf.io import read_json, write_json
     from arf.models import create_model
@@ -178,8 +177,7 @@ def probe_sweep(
     val: dict[float, float] = {}
     probes: dict[float, Path] = {}
     for alpha in alphas:
-        tcfg = _probe_config(cfg, str(folder / "wise" / alpha_dirname(alpha)), folder, alpha, tag.seed,
-                             getattr(opts, "progress", True))
+        tcfg = _probe_at(cfg, folder, alpha, tag.seed, opts)
         final = tcfg.run_dir / "final"
         probes[alpha] = final
         entry = {"train_hash": train_hash(tcfg), "select": select_fp}
@@ -190,7 +188,7 @@ def probe_sweep(
             log.info("WiSE-probe %s seed %s: α %g, probe %s top-1 %.2f (recorded)", tag.method, tag.seed, alpha,
                      select.name, val[alpha])
             continue
-        train_probe(cfg, finetuned, folder, alpha, tag.method, tag.seed, opts)
+        train_probe(cfg, tcfg, finetuned, alpha, tag.method, tag.seed)
         with skip_init_on_load():  # evaluation only; the probe's training (above) seeds its own stream
             bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
         ptag = ModelTag(model=str(final.resolve()), method=f"{tag.method}{SUFFIX}-select", alpha=alpha, seed=tag.seed)
@@ -205,19 +203,26 @@ def probe_sweep(
                       probes=probes)
 
 
-def train_probe(cfg: WiseProbeConfig, finetuned: str, folder: Path, alpha: float, method: str | None,
-                seed: int | None, opts: Any = None) -> Path:
-    """Step 1's probe at ``alpha`` (its ``final/``): cached when this config made it, else trained on the
-    interpolated towers."""
-    from arf.evaluate.wise import alpha_dirname, wise_sweep
+def _probe_at(cfg: WiseProbeConfig, folder: Path, alpha: float, seed: int | None, opts: Any = None) -> Any:
+    """The probe's TrainConfig at ``alpha``: its model is the interpolated checkpoint ``folder/wise/alpha_<α>``."""
+    from arf.evaluate.wise import alpha_dirname
+
+    return _probe_config(cfg, str(folder / "wise" / alpha_dirname(alpha)), folder, alpha, seed,
+                         getattr(opts, "progress", True))
+
+
+def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, method: str | None,
+                seed: int | None) -> Path:
+    """Step 1's probe of ``tcfg`` (:func:`_probe_at`; its ``final/``): cached when this config made it, else
+    trained on the interpolated towers, written first to ``tcfg.model``."""
+    from arf.evaluate.wise import wise_sweep
     from arf.train.cached import final_matches, train_cached
     from arf.train.loop import train_hash
 
-    wise_dir = folder / "wise" / alpha_dirname(alpha)
-    tcfg = _probe_config(cfg, str(wise_dir), folder, alpha, seed, getattr(opts, "progress", True))
+    wise_dir = Path(tcfg.model)
     final = tcfg.run_dir / "final"
     if not final_matches(final, train_hash(tcfg)):
-        wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=folder / "wise", method=method, seed=seed)
+        wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=wise_dir.parent, method=method, seed=seed)
         log.info("WiSE-probe %s: probe at α %g", method, alpha)
         # final/ is complete: its resume points would only take disk space (gigabytes over a grid of models).
         train_cached(tcfg, keep_resume_points=False)
@@ -249,7 +254,8 @@ def finish(
     from arf.models.checkpoint import skip_init_on_load
 
     # The chosen probe: its folder is gone when an earlier run chose another α and removed this one.
-    probe = train_probe(cfg, sweep.finetuned, sweep.folder, alpha, sweep.method, sweep.seed, opts)
+    probe = train_probe(cfg, _probe_at(cfg, sweep.folder, alpha, sweep.seed, opts), sweep.finetuned, alpha,
+                        sweep.method, sweep.seed)
     # The probe's train hash: a probe retrained (another probe config) must not find the text-moved model of the
     # old one, which wise_sweep's own cache (it checks α only) would keep.
     probe_hash = read_json(probe / "arf.json").get("train", {}).get("config_hash")
