@@ -64,7 +64,8 @@ def test_cached_activations_give_the_same_step(tmp_path, effnet_bundle):
     results = []
     for mode in ("full", "pixels", "cached"):
         effnet_bundle.model.load_state_dict(state)
-        cfg = TrainConfig(method="flyp", batch_size=4, freeze_image_blocks=4, cache_features=mode == "cached")
+        cfg = TrainConfig(method="flyp", batch_size=4, freeze_image_blocks=4, cache_features=mode == "cached",
+                          prefix_store=None)
         m = Flyp(cfg, effnet_bundle, ds)
         if mode == "full":
             m.split = None
@@ -141,7 +142,7 @@ def _arf_step(bundle, ds, anchors, mode: str, state: dict) -> tuple[float, dict,
 
     bundle.model.load_state_dict(state)
     cfg = TrainConfig(method="arf", batch_size=4, anchor_batch_size=4, freeze_image_blocks=4, lambda_cap=0.0,
-                      lambda_ret=1.0, cache_features=mode == "cached")
+                      lambda_ret=1.0, cache_features=mode == "cached", prefix_store=None)
     m = Arf(cfg, bundle, ds, None, anchors)
     phase = m.phases(2)[0]
     m.set_trainable(phase)

@@ -11,6 +11,7 @@ from PIL import Image
 
 import arf.evaluate.prefix_cache as prefix_cache
 import arf.evaluate.runner as runner
+import arf.models.trunk as trunk
 from arf.data import ImageDataset, LabeledSet
 from arf.evaluate import EvalOptions, encode_set, wise_sweep
 from arf.evaluate.prefix_cache import PrefixFeatures
@@ -100,7 +101,7 @@ def sweeps(sweep_env, tmp_path_factory):
     out = {}
     for name, cap in (("cached", None), ("plain", 0)):
         with pytest.MonkeyPatch.context() as mp:
-            calls = {"prefix": counting(mp, prefix_cache, "prefix_batches"),
+            calls = {"prefix": counting(mp, trunk, "prefix_batches"),
                      "encode_set": counting(mp, runner, "encode_set"),
                      "fallback": counting(mp, prefix_cache, "encode_set"),
                      "decoded": counting(mp, ImageDataset, "load")}
@@ -129,7 +130,7 @@ def test_prefix_is_computed_once_per_set_not_per_alpha(sweeps, sweep_env):
 
 def test_over_the_memory_cap_each_alpha_encodes_in_full(sweeps, sweep_env, monkeypatch):
     zs, ft, sets = sweep_env
-    prefix_calls = counting(monkeypatch, prefix_cache, "prefix_batches")
+    prefix_calls = counting(monkeypatch, trunk, "prefix_batches")
     fallback_calls = counting(monkeypatch, prefix_cache, "encode_set")
     small = wise_sweep(zs, ft, ALPHAS, sets=sets, opts=OPTS, prefix_cache_bytes=1000)
     assert key(small) == key(sweeps["plain"][0])
@@ -196,3 +197,15 @@ def test_a_changed_prefix_is_not_served_from_the_cache(sweep_env):
     perturb(b0.model.visual.trunk.blocks[0])
     f, _ = features(b0, sets[0], OPTS)
     assert torch.equal(f, encode_set(b0, sets[0], OPTS)[0])
+
+
+def test_sweeps_share_the_prefix_through_a_store(sweeps, sweep_env, tmp_path, monkeypatch):
+    """A second sweep over the same θ0 and sets decodes only each set's first batch (the store's check)."""
+    zs, ft, sets = sweep_env
+    store = tmp_path / "store"
+    first = wise_sweep(zs, ft, ALPHAS, sets=sets, opts=OPTS, prefix_store=store)
+    decoded = counting(monkeypatch, ImageDataset, "load")
+    second = wise_sweep(zs, ft, ALPHAS, sets=sets, opts=OPTS, prefix_store=store)
+    assert key(first) == key(second) == key(sweeps["plain"][0])
+    assert len(list(store.glob("prefix-*.safetensors"))) == len(sets)
+    assert len(decoded) == sum(min(len(ds), OPTS.batch_size) for ds in sets)

@@ -251,7 +251,9 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
 
     with stage("wise"):
         for method, seed, final in finals:
+            # The training runs' store (TrainConfig.prefix_store "auto"): the sweeps share the base's prefix too.
             current += wise_sweep(cfg.model, str(final), alphas, sets=eval_sets, records_path=records,
+                                  prefix_store=out / "train" / "prefix-store",
                                   method=method, seed=seed)
 
     if cfg.wise_probe.methods:

@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--out", default=None, metavar="DIR", help="write a checkpoint per alpha to DIR/alpha_<a>/")
     w.add_argument("--records", default=None,
                    help="append evaluation records here (default: DIR/records.jsonl with --out)")
+    w.add_argument("--prefix-store", default=None, metavar="DIR",
+                   help="keep the frozen image prefix's activations of each set in DIR for later sweeps over the "
+                        "same base and sets (a training run's <out_dir>/prefix-store serves; default: memory only)")
     _add_eval_options(w)
     w.set_defaults(func=cmd_wise)
 
@@ -152,7 +155,7 @@ def cmd_wise(args: argparse.Namespace) -> int:
     records_path = args.records or (str(Path(args.out) / "records.jsonl") if args.out and sets else None)
     records = wise_sweep(args.zeroshot, args.finetuned, alphas, sets=sets, out_dir=args.out,
                          records_path=records_path, opts=opts, method=args.method, seed=args.seed,
-                         text_alpha=args.text_alpha)
+                         prefix_store=args.prefix_store, text_alpha=args.text_alpha)
     if records:
         cols = [name for role, name in AVERAGES.items() if any(r.role == role for r in records)]
         print(f"{'alpha':>6}  " + "  ".join(f"{c:>13}" for c in cols))

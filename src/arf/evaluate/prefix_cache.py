@@ -15,7 +15,6 @@ every call (a changed prefix falls back to ``encode_set``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,22 +23,10 @@ from torch import nn
 
 from arf.evaluate.runner import EvalOptions, encode_set, set_fingerprint
 from arf.models.base import eval_mode
-from arf.models.trunk import MAX_CACHE_BYTES, TrunkSplit, cache_fits, find_shared_split, prefix_batches, same_state
-from arf.progress import progress_bar
+from arf.models.prefix_store import PrefixActs, PrefixStore
+from arf.models.trunk import MAX_CACHE_BYTES, TrunkSplit, find_shared_split, prefix_activations, same_state
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SetActivations:
-    """One set's prefix output per loader batch (CPU, the model's dtype and layout) and the batch's labels."""
-
-    acts: list[torch.Tensor] = field(default_factory=list)
-    labels: list[torch.Tensor] = field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h in self.acts)
 
 
 class PrefixFeatures:
@@ -50,18 +37,21 @@ class PrefixFeatures:
     sets together; a set past it is encoded in full at each α, like a model without a split.
     """
 
-    def __init__(self, model: nn.Module, split: TrunkSplit, max_bytes: int = MAX_CACHE_BYTES) -> None:
+    def __init__(self, model: nn.Module, split: TrunkSplit, max_bytes: int = MAX_CACHE_BYTES,
+                 store: PrefixStore | None = None) -> None:
         self.model = model
         self.split = split
         self.max_bytes = max_bytes
+        self.store = store
         self.reference = {k: v.detach().clone() for k, v in split.prefix_state().items()}
-        self.sets: dict[tuple[str, int], SetActivations | None] = {}  # None: not cacheable, use encode_set
+        self.dtype = next(p.dtype for m in split.prefix_modules() for p in m.parameters())
+        self.sets: dict[tuple[str, int], PrefixActs | None] = {}  # None: not cacheable, use encode_set
         self.verified = False
         self.disabled = False
 
     @classmethod
-    def for_models(cls, model0: nn.Module, model1: nn.Module,
-                   max_bytes: int = MAX_CACHE_BYTES) -> PrefixFeatures | None:
+    def for_models(cls, model0: nn.Module, model1: nn.Module, max_bytes: int = MAX_CACHE_BYTES,
+                   store: PrefixStore | None = None) -> PrefixFeatures | None:
         """A cache over ``model0`` for the image-tower prefix both models hold bit-identically, or None."""
         split = find_shared_split(model0, model1)
         if split is None:
@@ -69,7 +59,7 @@ class PrefixFeatures:
             return None
         log.info("WiSE-FT: stem and first %d image blocks are identical in both models; their output is computed "
                  "once per set", split.n)
-        return cls(model0, split, max_bytes)
+        return cls(model0, split, max_bytes, store)
 
     @property
     def used_bytes(self) -> int:
@@ -88,33 +78,24 @@ class PrefixFeatures:
             if entry is None:
                 return encode_set(bundle, ds, opts)
             device = torch.device(opts.device)
-            feats = [F.normalize(self.split.suffix(h.to(device)), dim=-1).float().cpu() for h in entry.acts]
+            feats = [F.normalize(self.split.suffix(h.to(device)), dim=-1).float().cpu()
+                     for h, _, _ in entry.batches(self.dtype)]
         if not feats:
             return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-        return torch.cat(feats), torch.cat(entry.labels)
+        return torch.cat(feats), entry.labels
 
-    def _activations(self, bundle: Any, ds: Any, opts: EvalOptions) -> SetActivations | None:
-        """The set's cached prefix output, computed on first use; None if it does not fit or the check failed."""
+    def _activations(self, bundle: Any, ds: Any, opts: EvalOptions) -> PrefixActs | None:
+        """The set's prefix output, computed (or read from the store) on first use; None if it does not fit or
+        the check of the split failed."""
         # Batch composition is part of the key: the cached batches must be the ones encode_set would form.
         key = (set_fingerprint(ds), opts.batch_size)
-        if key in self.sets:
-            return self.sets[key]
-        device = torch.device(opts.device)
-        entry = SetActivations()
-        batches = prefix_batches(self.split, ds, bundle.preprocess_val, device, opts.batch_size, opts.num_workers)
-        for x, h, y, _ in progress_bar(batches, desc=f"prefix {ds.name}", unit="batch", enabled=opts.progress,
-                               leave=False):
-            if not entry.acts:
-                if not self.verified and not self._verify(x, h):
-                    return None
-                if not cache_fits(len(ds), h, self.max_bytes - self.used_bytes):
-                    self.sets[key] = None
-                    return None
-            entry.acts.append(h.cpu())
-            entry.labels.append(y)
-        # Stored only once complete: a set failing on bad images raises (as encode_set does) and caches nothing.
-        self.sets[key] = entry
-        return entry
+        if key not in self.sets:
+            # Stored only once complete: a set failing on bad images raises (as encode_set does) and caches nothing.
+            self.sets[key] = prefix_activations(
+                self.split, ds, bundle.preprocess_val, torch.device(opts.device), opts.batch_size,
+                num_workers=opts.num_workers, max_bytes=self.max_bytes - self.used_bytes, store=self.store,
+                first=None if self.verified else self._verify, progress=f"prefix {ds.name}" if opts.progress else None)
+        return self.sets[key]
 
     def _verify(self, x: torch.Tensor, h: torch.Tensor) -> bool:
         """Whether ``suffix(prefix(x))`` is bit-identical to ``encode_image(x)``; if not, the cache is switched off."""

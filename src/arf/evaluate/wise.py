@@ -193,6 +193,7 @@ def wise_sweep(
     method: str | None = None,
     seed: int | None = None,
     prefix_cache_bytes: int | None = None,
+    prefix_store: str | Path | None = None,
     text_alpha: float | None = None,
 ) -> list[Any]:
     """For each α: write ``out_dir/alpha_<α>/`` (a checkpoint loadable by ``create_model``) and/or evaluate ``sets``.
@@ -201,6 +202,8 @@ def wise_sweep(
     keeps finished checkpoints and skips evaluations already in ``records_path``. Records name the finetuned
     model and its method, with ``alpha`` set. ``prefix_cache_bytes`` caps the memory for the image activations of
     a shared frozen prefix, cached across α (default 4 GiB; 0 turns the cache off). Records are the same either way.
+    ``prefix_store`` is a folder where those activations are kept for later sweeps over the same base and sets
+    (:mod:`arf.models.prefix_store`; a training run's ``<out_dir>/prefix-store`` serves).
 
     ``text_alpha`` holds everything outside the image tower at that α for the whole sweep (per-tower WiSE-FT,
     :func:`interpolate`); folders are then ``alpha_<α>_text_<t>/`` and records' method gets ``-text<t>``, so that a
@@ -211,6 +214,7 @@ def wise_sweep(
     from arf.evaluate.zeroshot import head_info, load_trained_head, write_head_file
     from arf.models import create_model, save_checkpoint
     from arf.models.checkpoint import skip_init_on_load
+    from arf.models.prefix_store import PrefixStore
     from arf.models.trunk import MAX_CACHE_BYTES
 
     check(sets is not None or out_dir is not None, "wise", "nothing to do: give sets to evaluate and/or an out_dir")
@@ -225,7 +229,9 @@ def wise_sweep(
         tag1 = dataclasses.replace(tag1, method=f"{tag1.method}-text{text_alpha:g}")
     cap = MAX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
     # Detected before the first α is loaded into bundle0, from both models' weights (not from a training config).
-    features = PrefixFeatures.for_models(bundle0.model, bundle1.model, cap) if sets is not None and cap > 0 else None
+    store = PrefixStore(prefix_store, MAX_CACHE_BYTES) if prefix_store is not None else None
+    features = (PrefixFeatures.for_models(bundle0.model, bundle1.model, cap, store)
+                if sets is not None and cap > 0 else None)
     records: list[Any] = []
     for point in wise_points(bundle0, bundle1, alphas, head1=head1, device=opts.device, text_alpha=text_alpha):
         log.info("WiSE-FT alpha=%.3f%s", point.alpha, "" if text_alpha is None else f" (text {text_alpha:.3f})")

@@ -75,15 +75,10 @@ def weights_fingerprint(model: torch.nn.Module, text_only: bool = False) -> str:
     Evaluations and zero-shot heads are keyed by weights, not model ids: WiSE-FT models share an id, and a
     rebuilt base model may not be bit-identical to the one evaluated before.
     """
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        if text_only and is_image_tower_key(name):
-            continue
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        # The array itself, not .tobytes(): hashlib reads the buffer in place, the copy cost 7 % of a fingerprint
-        # (benchmarks/bench_cached_rerun.py). The same bytes, hence the same fingerprints as before.
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
+    from arf.models.checkpoint import state_fingerprint
+
+    return state_fingerprint((name, t) for name, t in model.state_dict().items()
+                             if not (text_only and is_image_tower_key(name)))
 
 
 def text_fingerprint(model: torch.nn.Module) -> str:

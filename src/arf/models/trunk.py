@@ -17,12 +17,15 @@ bit-identically (what ``freeze_image_blocks`` left alone), whose output is then 
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from arf.models.prefix_store import PrefixActs, PrefixStore, store_key
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +136,79 @@ def cache_fits(n_items: int, h: torch.Tensor, max_bytes: int) -> bool:
 
 
 @torch.no_grad()
+def prefix_activations(
+    split: TrunkSplit, ds: Any, transform: Any, device: torch.device, batch_size: int = 64, *, num_workers: int = 0,
+    max_bytes: int = MAX_CACHE_BYTES, store: PrefixStore | None = None,
+    first: Callable[[torch.Tensor, torch.Tensor], bool] | None = None, progress: str | None = None,
+) -> PrefixActs | None:
+    """The prefix output of every image of ``ds`` (eval transform, :func:`prefix_batches`' batches), or None.
+
+    None if it would exceed ``max_bytes`` or ``first`` — called with the first batch's pixels and prefix output, e.g.
+    to check the split against the whole tower — returns False. With a ``store`` an entry for the same prefix, images,
+    transform and batches is read instead of computing them, once the first batch, computed afresh, matches it
+    bit for bit; a computed result is stored. ``progress`` names a progress bar over the batches.
+    """
+    from arf.progress import progress_bar
+
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = prefix_batches(
+        split, ds, transform, device, batch_size, num_workers)
+    if progress is not None:
+        batches = iter(progress_bar(batches, desc=progress, unit="batch", leave=False))
+    try:
+        head = next(batches, None)
+        n_items = len(ds)
+        if head is None:  # nothing readable (an empty set; a bad-image fraction over the limit raised instead)
+            return PrefixActs(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), [])
+        x, h, y, idx = head
+        if first is not None and not first(x, h):
+            return None
+        # float32 rows (float64 kept as it is), so that casting back to the model's dtype is exact.
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        h = h.to(dtype).cpu()
+        key = None
+        if store is not None:
+            import arf.data
+
+            data = ds if isinstance(ds, arf.data.ImageDataset) else arf.data.ImageDataset.from_set(ds, transform)
+            key = store_key(split, data, transform, batch_size, device)
+        if store is not None and key is not None:
+            stored = store.get(key, n_items)
+            n0 = len(idx)
+            if stored is not None and (
+                    stored.batch_sizes[:1] == [n0] and torch.equal(stored.indices[:n0], idx)
+                    and torch.equal(stored.labels[:n0], y) and torch.equal(stored.dense[idx], h)):
+                log.info("frozen-prefix activations of %d images (%d unreadable when computed) read from %s",
+                         n_items, stored.unreadable, store.path(key))
+                return stored
+            if stored is not None:
+                log.warning("prefix store: %s differs from its first batch computed now (other kernels?); "
+                            "computing it again", store.path(key))
+        if not cache_fits(n_items, h, max_bytes):
+            return None
+        dense = torch.full((n_items, *h.shape[1:]), float("nan"), dtype=dtype)
+        indices, labels, sizes = [], [], []
+        for _, h, y, idx in itertools.chain([head], batches):
+            dense[idx] = h.to(dtype).cpu()
+            indices.append(idx)
+            labels.append(y)
+            sizes.append(len(idx))
+        acts = PrefixActs(dense, torch.cat(indices), torch.cat(labels), sizes)
+        if store is not None and key is not None:
+            store.put(key, acts)
+        return acts
+    finally:
+        # A store hit stops after the first batch: close the loader (and its bar) now, not at collection.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def encode_prefix(split: TrunkSplit, ds: Any, transform: Any, device: torch.device, batch_size: int = 64,
-                  max_bytes: int = MAX_CACHE_BYTES) -> torch.Tensor | None:
+                  max_bytes: int = MAX_CACHE_BYTES, store: PrefixStore | None = None) -> torch.Tensor | None:
     """The prefix output for every image of ``ds`` (eval transform), or None if it would exceed ``max_bytes``.
 
     ``ds`` is a labelled set or an ``ImageDataset`` (e.g. the anchor images). Rows of unreadable images (counted
-    and skipped by the loader) stay NaN, so callers can tell them apart.
+    and skipped by the loader) stay NaN, so callers can tell them apart. ``store``: see :func:`prefix_activations`.
     """
-    out: torch.Tensor | None = None
-    for _, h, _, idx in prefix_batches(split, ds, transform, device, batch_size):
-        h = h.float().cpu()
-        if out is None:
-            if not cache_fits(len(ds), h, max_bytes):
-                return None
-            out = torch.full((len(ds), *h.shape[1:]), float("nan"))
-        out[idx] = h
-    return out
+    acts = prefix_activations(split, ds, transform, device, batch_size, max_bytes=max_bytes, store=store)
+    return None if acts is None or not acts.batch_sizes else acts.dense.float()

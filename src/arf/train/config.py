@@ -61,6 +61,10 @@ class TrainConfig:
     # With nothing augmented, encode the finetuning set once through what is frozen: the whole image tower
     # (lp, lpft's lp phase) or its stem + first ``freeze_image_blocks`` blocks (where the tower can be split).
     cache_features: bool = True
+    # Where those frozen-prefix activations are kept for later runs over the same images and prefix weights (the
+    # other methods and seeds finetuning one base; arf.models.prefix_store): "auto" is <out_dir>/prefix-store, null
+    # keeps them in memory only. At most 4 GiB there, least recently used entries removed first.
+    prefix_store: str | None = "auto"
 
     # Parts kept frozen (CPU budgets): the first N image blocks (and the stem before them), the text tower.
     freeze_image_blocks: int = 0

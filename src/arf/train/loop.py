@@ -390,7 +390,7 @@ def _train_hash(cfg: TrainConfig) -> str:
     # files named by path: a caption or anchor file regenerated in place (another k, strategy or captioner) or a
     # rebuilt `arf:mini-clip` is another run, which neither a cached final nor `--resume latest` may stand for.
     skip = {"out_dir", "name", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress",
-            "num_workers", "device"}
+            "num_workers", "device", "prefix_store"}
     fields = {k: v for k, v in vars(cfg).items() if k not in skip}
     return config_hash(fields, _input_digests(cfg))
 

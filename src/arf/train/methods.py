@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,8 +29,9 @@ from torch import nn
 
 from arf.data import LabeledSet
 from arf.models.base import eval_mode
+from arf.models.prefix_store import PrefixStore
 from arf.models.text import length_groups, text_pad_id
-from arf.models.trunk import TrunkSplit, encode_prefix, find_split
+from arf.models.trunk import MAX_CACHE_BYTES, TrunkSplit, encode_prefix, find_split
 from arf.registry import Registry
 from arf.train.config import TrainConfig
 from arf.train.data import Anchors
@@ -248,7 +250,7 @@ class Method:
             return
         if self.acts is None:
             self.freeze_norm_stats()
-            self.acts = encode_prefix(self.split, self.ds, self.bundle.preprocess_val, device)
+            self.acts = encode_prefix(self.split, self.ds, self.bundle.preprocess_val, device, store=self.store())
         if self.cfg.lambda_ret > 0 and self.anchors is not None and self.acts is not None and self.anchor_acts is None:
             # (Only next to cached finetuning activations: the suffix pass takes cached rows first, pixels after.)
             # Anchor images are fixed and un-augmented too: decoding them and running the frozen prefix every step
@@ -258,8 +260,18 @@ class Method:
 
             self.freeze_norm_stats()
             images = AnchorImages(self.anchors.paths, None, None, BadInputCounter("anchors"))
-            acts = encode_prefix(self.split, images, self.bundle.preprocess_val, device)
+            acts = encode_prefix(self.split, images, self.bundle.preprocess_val, device, store=self.store())
             self.anchor_acts = acts
+
+    def store(self) -> PrefixStore | None:
+        """Where frozen-prefix activations are shared with other runs (``prefix_store``); rank 0 alone writes."""
+        from arf.train.distributed import current
+
+        where = self.cfg.prefix_store
+        if not where:
+            return None
+        root = Path(self.cfg.out_dir) / "prefix-store" if where == "auto" else Path(where)
+        return PrefixStore(root, MAX_CACHE_BYTES, writable=current().is_master)
 
     def needs(self, phase: Phase) -> tuple[bool, str | None]:
         """(load finetuning pixels, anchors: ``"a"`` their pixels, ``"i"`` their indices only, None) for a step."""
