@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from arf.errors import ArfError, InputFileError
 from arf.io import (
@@ -57,6 +58,18 @@ def test_atomic_open_writes_complete_file_with_normal_permissions(tmp_path: Path
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask, "not mkstemp's 0600"
+
+
+def test_a_writer_replacing_the_temp_file_still_gives_normal_permissions(tmp_path: Path) -> None:
+    """safetensors' save_file writes a new file under the temp name (mode 0600); the target must not keep that."""
+    from safetensors.torch import save_file
+
+    target = tmp_path / "w.safetensors"
+    with atomic_path(target) as tmp:
+        save_file({"x": torch.zeros(2)}, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_exception_in_body_keeps_old_file(tmp_path: Path) -> None:
