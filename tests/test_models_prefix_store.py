@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import arf.data
+import arf.models.prefix_store as prefix_store
 from arf.data import ImageDataset
 from arf.errors import ArfError
 from arf.models.checkpoint import load_state_dict
@@ -53,7 +54,7 @@ def same(a: PrefixActs, b: PrefixActs) -> bool:
             and torch.equal(a.labels, b.labels) and a.batch_sizes == b.batch_sizes)
 
 
-def test_second_call_reads_the_entry_after_one_fresh_batch(env):
+def test_an_entry_is_read_back_after_one_fresh_batch_or_none_if_this_process_wrote_it(env, monkeypatch):
     bundle, split, ds, store = env
     calls = count_prefix_calls(split)
     plain = prefix_activations(split, ds, bundle.preprocess_val, CPU, batch_size=3)
@@ -61,8 +62,11 @@ def test_second_call_reads_the_entry_after_one_fresh_batch(env):
     assert calls == [3, 3, 2] * 2 and len(store.entries()) == 1
     calls.clear()
     again = prefix_activations(split, ds, bundle.preprocess_val, CPU, batch_size=3, store=store)
+    assert calls == []  # written by this process and unchanged: trusted as it is
+    monkeypatch.setattr(prefix_store, "_CHECKED", {})  # as another process sees it
+    other = prefix_activations(split, ds, bundle.preprocess_val, CPU, batch_size=3, store=store)
     assert calls == [3]  # only the check of the first batch
-    assert same(plain, first) and same(first, again)
+    assert same(plain, first) and same(first, again) and same(first, other)
     assert [len(h) for h, _, _ in again.batches()] == [3, 3, 2]
 
 

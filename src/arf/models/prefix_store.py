@@ -41,6 +41,9 @@ SUFFIX = ".safetensors"
 # A writer killed mid-file leaves a hidden ``.<name>.*.tmp`` (arf.io.atomic_path); older than this it is no
 # longer another process's write in progress.
 STALE_TMP_SECONDS = 3600
+# Entries this process wrote, or read after checking a fresh first batch against them: path -> (size, mtime_ns)
+# since. Read again unchanged (the demo's later sweeps and runs), they are trusted without decoding a batch.
+_CHECKED: dict[str, tuple[int, int]] = {}
 
 
 @dataclass
@@ -131,6 +134,7 @@ class PrefixStore:
         path = self.path(key)
         if not path.is_file():
             return None
+        checked = self.is_checked(key)
         try:
             t = load_file(str(path))
             acts = PrefixActs(t["dense"], t["indices"], t["labels"], [int(n) for n in t["batch_sizes"].tolist()])
@@ -142,7 +146,21 @@ class PrefixStore:
             path.unlink(missing_ok=True)
             return None
         os.utime(path)  # recently used: pruned last
+        if checked:
+            self.mark_checked(key)
         return acts
+
+    def is_checked(self, key: str) -> bool:
+        """Whether this process wrote or checked entry ``key`` and the file is unchanged since."""
+        try:
+            st = self.path(key).stat()
+        except OSError:
+            return False
+        return _CHECKED.get(str(self.path(key))) == (st.st_size, st.st_mtime_ns)
+
+    def mark_checked(self, key: str) -> None:
+        st = self.path(key).stat()
+        _CHECKED[str(self.path(key))] = (st.st_size, st.st_mtime_ns)
 
     def put(self, key: str, acts: PrefixActs) -> Path | None:
         """Write ``acts`` as ``key`` (atomically) unless it alone exceeds ``max_bytes``; then prune."""
@@ -159,6 +177,7 @@ class PrefixStore:
             save_file({"dense": acts.dense.contiguous(), "indices": acts.indices.contiguous(),
                        "labels": acts.labels.contiguous(), "batch_sizes": torch.tensor(acts.batch_sizes)},
                       str(tmp), metadata={"format": str(FORMAT)})
+        self.mark_checked(key)
         self.prune(keep=path)
         return path
 

@@ -146,17 +146,29 @@ def prefix_activations(
     None if it would exceed ``max_bytes`` or ``first`` — called with the first batch's pixels and prefix output, e.g.
     to check the split against the whole tower — returns False. With a ``store`` an entry for the same prefix, images,
     transform and batches is read instead of computing them, once the first batch, computed afresh, matches it
-    bit for bit; a computed result is stored. ``progress`` names a progress bar over the batches.
+    bit for bit (an entry this process wrote or checked is read without that, unless ``first`` needs the batch); a
+    computed result is stored. ``progress`` names a progress bar over the batches.
     """
+    import arf.data
     from arf.progress import progress_bar
 
+    n_items = len(ds)
+    key = None
+    if store is not None:
+        data = ds if isinstance(ds, arf.data.ImageDataset) else arf.data.ImageDataset.from_set(ds, transform)
+        key = store_key(split, data, transform, batch_size, device)
+    if store is not None and key is not None and first is None and store.is_checked(key):
+        # Written or checked by this process and unchanged since: no batch to decode.
+        stored = store.get(key, n_items)
+        if stored is not None and stored.nbytes <= max_bytes:
+            _log_read(stored, n_items, store.path(key))
+            return stored
     batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = prefix_batches(
         split, ds, transform, device, batch_size, num_workers)
     if progress is not None:
         batches = iter(progress_bar(batches, desc=progress, unit="batch", leave=False))
     try:
         head = next(batches, None)
-        n_items = len(ds)
         if head is None:  # nothing readable (an empty set; a bad-image fraction over the limit raised instead)
             return PrefixActs(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), [])
         x, h, y, idx = head
@@ -165,20 +177,14 @@ def prefix_activations(
         # float32 rows (float64 kept as it is), so that casting back to the model's dtype is exact.
         dtype = torch.promote_types(h.dtype, torch.float32)
         h = h.to(dtype).cpu()
-        key = None
-        if store is not None:
-            import arf.data
-
-            data = ds if isinstance(ds, arf.data.ImageDataset) else arf.data.ImageDataset.from_set(ds, transform)
-            key = store_key(split, data, transform, batch_size, device)
         if store is not None and key is not None:
             stored = store.get(key, n_items)
             n0 = len(idx)
-            if stored is not None and (
+            if stored is not None and stored.nbytes <= max_bytes and (
                     stored.batch_sizes[:1] == [n0] and torch.equal(stored.indices[:n0], idx)
                     and torch.equal(stored.labels[:n0], y) and torch.equal(stored.dense[idx], h)):
-                log.info("frozen-prefix activations of %d images (%d unreadable when computed) read from %s",
-                         n_items, stored.unreadable, store.path(key))
+                store.mark_checked(key)
+                _log_read(stored, n_items, store.path(key))
                 return stored
             if stored is not None:
                 log.warning("prefix store: %s differs from its first batch computed now (other kernels?); "
@@ -201,6 +207,11 @@ def prefix_activations(
         close = getattr(batches, "close", None)
         if close is not None:
             close()
+
+
+def _log_read(acts: PrefixActs, n_items: int, path: Any) -> None:
+    log.info("frozen-prefix activations of %d images (%d unreadable when computed) read from %s", n_items,
+             acts.unreadable, path)
 
 
 def encode_prefix(split: TrunkSplit, ds: Any, transform: Any, device: torch.device, batch_size: int = 64,
