@@ -11,6 +11,7 @@ Image-tower blocks that both models hold bit-identically (a frozen prefix) are r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -211,6 +212,7 @@ def wise_sweep(
     """
     from arf.evaluate.prefix_cache import PrefixFeatures
     from arf.evaluate.runner import EvalOptions, evaluate, evaluate_to_file, model_tag
+    from arf.evaluate.text_prefix import TextPrefixCache
     from arf.evaluate.zeroshot import head_info, load_trained_head, write_head_file
     from arf.models import create_model, save_checkpoint
     from arf.models.checkpoint import skip_init_on_load
@@ -232,37 +234,43 @@ def wise_sweep(
     store = PrefixStore(prefix_store, MAX_CACHE_BYTES) if prefix_store is not None else None
     features = (PrefixFeatures.for_models(bundle0.model, bundle1.model, cap, store)
                 if sets is not None and cap > 0 else None)
+    # Zero-shot heads are rebuilt at each α whose text tower moved; its frozen leading layers run once per prompt batch.
+    text_cache = TextPrefixCache.for_models(bundle0.model, bundle1.model) if sets is not None else None
     records: list[Any] = []
-    for point in wise_points(bundle0, bundle1, alphas, head1=head1, device=opts.device, text_alpha=text_alpha):
-        log.info("WiSE-FT alpha=%.3f%s", point.alpha, "" if text_alpha is None else f" (text {text_alpha:.3f})")
-        if out_dir is not None:
-            d = Path(out_dir) / alpha_dirname(point.alpha, text_alpha)
-            if _finished(d, point.alpha, text_alpha):
-                log.info("%s already written; kept", d)
-            else:
-                extra: dict[str, Any] = {
-                    "method": tag1.method,
-                    "wise": {"alpha": point.alpha, "zeroshot": str(zeroshot), "finetuned": str(finetuned)},
-                }
-                if text_alpha is not None:
-                    extra["wise"]["text_alpha"] = text_alpha
-                if tag1.seed is not None:
-                    extra["seed"] = tag1.seed
-                d.mkdir(parents=True, exist_ok=True)
-                if point.head is not None:
-                    # The head goes first: save_checkpoint writes arf.json last, marking the folder complete.
-                    write_head_file(point.head, d)
-                    extra["head"] = head_info(point.head)
-                save_checkpoint(point.bundle, d, extra=extra)
-        if sets is not None:
-            tag = type(tag1)(model=tag1.model, method=tag1.method, alpha=point.alpha, seed=tag1.seed,
-                             config_hash=tag1.config_hash)
-            for head, group in _head_groups(point, sets):
-                if records_path is not None:
-                    records.extend(evaluate_to_file(point.bundle, group, head, records_path, tag=tag, opts=opts,
-                                                    features=features))
+    points = wise_points(bundle0, bundle1, alphas, head1=head1, device=opts.device, text_alpha=text_alpha)
+    with text_cache.active() if text_cache is not None else contextlib.nullcontext():
+        for point in points:
+            log.info("WiSE-FT alpha=%.3f%s", point.alpha, "" if text_alpha is None else f" (text {text_alpha:.3f})")
+            if text_cache is not None:
+                text_cache.check()
+            if out_dir is not None:
+                d = Path(out_dir) / alpha_dirname(point.alpha, text_alpha)
+                if _finished(d, point.alpha, text_alpha):
+                    log.info("%s already written; kept", d)
                 else:
-                    records.extend(evaluate(point.bundle, group, head, tag=tag, opts=opts, features=features))
+                    extra: dict[str, Any] = {
+                        "method": tag1.method,
+                        "wise": {"alpha": point.alpha, "zeroshot": str(zeroshot), "finetuned": str(finetuned)},
+                    }
+                    if text_alpha is not None:
+                        extra["wise"]["text_alpha"] = text_alpha
+                    if tag1.seed is not None:
+                        extra["seed"] = tag1.seed
+                    d.mkdir(parents=True, exist_ok=True)
+                    if point.head is not None:
+                        # The head goes first: save_checkpoint writes arf.json last, marking the folder complete.
+                        write_head_file(point.head, d)
+                        extra["head"] = head_info(point.head)
+                    save_checkpoint(point.bundle, d, extra=extra)
+            if sets is not None:
+                tag = type(tag1)(model=tag1.model, method=tag1.method, alpha=point.alpha, seed=tag1.seed,
+                                 config_hash=tag1.config_hash)
+                for head, group in _head_groups(point, sets):
+                    if records_path is not None:
+                        records.extend(evaluate_to_file(point.bundle, group, head, records_path, tag=tag, opts=opts,
+                                                        features=features))
+                    else:
+                        records.extend(evaluate(point.bundle, group, head, tag=tag, opts=opts, features=features))
     return records
 
 
