@@ -188,3 +188,10 @@ def test_training_reads_the_store_and_trains_the_same_model(tmp_path, caplog):
     for other in finals[1:]:
         assert other.keys() == finals[0].keys()
         assert all(torch.equal(other[k], finals[0][k]) for k in other)
+
+
+def test_train_config_names_the_store_folder(tmp_path):
+    assert TrainConfig(out_dir=str(tmp_path)).prefix_store_dir == tmp_path / "prefix-store"
+    assert TrainConfig(prefix_store=str(tmp_path / "s")).prefix_store_dir == tmp_path / "s"
+    assert TrainConfig(prefix_store=None).prefix_store_dir is None
+    assert TrainConfig(prefix_store="").prefix_store_dir is None

@@ -237,6 +237,7 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
         log.info("retrieved %d anchors for %d classes", anchors.n_anchors, len(anchors.per_class))
 
     finals: list[tuple[str, int, Path]] = []
+    stores: dict[tuple[str, int], Path | None] = {}  # each run's prefix store, which its WiSE-FT sweep reads too
     with stage("train"):
         for method in cfg.methods:
             for seed in cfg.seeds:
@@ -248,13 +249,12 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
                              *method_train_overrides(cfg, method)]
                 tcfg = load_config(TrainConfig, method_config(method), overrides)
                 finals.append((method, seed, train_cached(tcfg, keep_resume_points=cfg.keep_resume_points)))
+                stores[(method, seed)] = tcfg.prefix_store_dir
 
     with stage("wise"):
         for method, seed, final in finals:
-            # The training runs' store (TrainConfig.prefix_store "auto"): the sweeps share the base's prefix too.
             current += wise_sweep(cfg.model, str(final), alphas, sets=eval_sets, records_path=records,
-                                  prefix_store=out / "train" / "prefix-store",
-                                  method=method, seed=seed)
+                                  prefix_store=stores[(method, seed)], method=method, seed=seed)
 
     if cfg.wise_probe.methods:
         with stage("wise-probe"):

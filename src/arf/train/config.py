@@ -63,7 +63,7 @@ class TrainConfig:
     cache_features: bool = True
     # Where those frozen-prefix activations are kept for later runs over the same images and prefix weights (the
     # other methods and seeds finetuning one base; arf.models.prefix_store): "auto" is <out_dir>/prefix-store, null
-    # keeps them in memory only. At most 4 GiB there, least recently used entries removed first.
+    # (or "") keeps them in memory only. At most 4 GiB there, least recently used entries removed first.
     prefix_store: str | None = "auto"
 
     # Parts kept frozen (CPU budgets): the first N image blocks (and the stem before them), the text tower.
@@ -148,6 +148,15 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir).expanduser() / self.run_name
+
+    @property
+    def prefix_store_dir(self) -> Path | None:
+        """The folder ``prefix_store`` names (``auto``: ``<out_dir>/prefix-store``), or None when it is off."""
+        if not self.prefix_store:
+            return None
+        if self.prefix_store == "auto":
+            return Path(self.out_dir).expanduser() / "prefix-store"
+        return Path(self.prefix_store).expanduser()
 
 
 def anchor_parquet(path: str | Path) -> Path:

@@ -19,7 +19,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -267,11 +266,8 @@ class Method:
         """Where frozen-prefix activations are shared with other runs (``prefix_store``); rank 0 alone writes."""
         from arf.train.distributed import current
 
-        where = self.cfg.prefix_store
-        if not where:
-            return None
-        root = Path(self.cfg.out_dir) / "prefix-store" if where == "auto" else Path(where)
-        return PrefixStore(root, MAX_CACHE_BYTES, writable=current().is_master)
+        root = self.cfg.prefix_store_dir
+        return None if root is None else PrefixStore(root, MAX_CACHE_BYTES, writable=current().is_master)
 
     def needs(self, phase: Phase) -> tuple[bool, str | None]:
         """(load finetuning pixels, anchors: ``"a"`` their pixels, ``"i"`` their indices only, None) for a step."""
