@@ -104,9 +104,13 @@ def test_a_changed_prefix_or_a_mismatch_switches_the_cache_off(models, caplog, m
         assert cache.states
         with torch.no_grad():
             b0.model.text.transformer.encoder.layer[0].output.dense.weight.add_(0.01)
+        cache.check()  # as after loading an α: compared when the cache would serve next
+        assert cache.enabled
         with caplog.at_level(logging.WARNING):
-            cache.check()
+            out = b0.model.encode_text(tokens)
         assert not cache.enabled and not cache.states and "switched off" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(out, b0.model.encode_text(tokens))  # computed in full, the changed layer included
     cache = TextPrefixCache.for_models(b0.model, b0.model)
     with cache.active(), torch.no_grad():
         b0.model.encode_text(tokens)

@@ -3,16 +3,18 @@
 A model finetuned with ``freeze_text_blocks: K`` (flyp, arf and their ablations in configs/offline) holds its text
 tower's embeddings and first K layers bit-identical to θ0's, and :func:`arf.evaluate.wise.interpolate` leaves such
 tensors as they are, so at every α of a sweep those layers give the same hidden states for the same prompts. The
-zero-shot heads, rebuilt at every α because the rest of the text tower moves, were most of a flyp or arf sweep's time
-on the offline demo (~6 of its ~8 s per α; docs/BENCHMARKS.md). :class:`TextPrefixCache` keeps the hidden states
-after the last shared layer per token batch and, for a batch seen before, lets the tower start there.
+zero-shot heads, rebuilt at every α because the rest of the text tower moves, are most of a flyp or arf sweep's time
+on the offline demo. :class:`TextPrefixCache` keeps the hidden states after the last shared layer per token batch
+and, for a batch seen before, lets the tower start there (docs/BENCHMARKS.md run W: the demo's WiSE-FT stage took
+60 s instead of 85 with this cache and the image prefix store, 83 instead of 89 with the store alone).
 
 Only Hugging Face encoders as open_clip wraps them (``model.text.transformer`` with ``embeddings`` and
 ``encoder.layer``, e.g. the offline base's MiniLM) are supported; open_clip's own text transformer is not. The
 modules are not replaced (the weights' fingerprints, which key every record, must not change): their ``forward`` is
 wrapped on the instance while the cache is active. Guards, as for the image prefix: the first batch served from the
 cache is also computed in full and must match bit for bit (else the cache is switched off), and
-:meth:`TextPrefixCache.check` compares the shared tensors with their reference once per α.
+:meth:`TextPrefixCache.check`, called at each α, has the shared tensors compared with their reference before the
+cache serves again (only then: a sweep whose records are all done builds no head and pays for no comparison).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class TextPrefixCache:
         self.text, self.emb, self.layers = parts
         self.k = k
         self.max_bytes = max_bytes
-        self.reference = {k_: v.detach().clone() for k_, v in self._prefix_state().items()}
+        self.reference: dict[str, torch.Tensor] | None = None  # taken when the cache is first used
+        self._recheck = False
         self.states: dict[str, torch.Tensor] = {}
         self.bytes = 0
         self.enabled = True
@@ -85,10 +88,18 @@ class TextPrefixCache:
         return {f"{i}.{name}": t for i, m in enumerate(mods) for name, t in m.state_dict().items()}
 
     def check(self) -> None:
-        """Call after loading new weights: a changed prefix (cannot happen in a sweep) empties and stops the cache."""
-        if self.enabled and not same_state(self._prefix_state(), self.reference):
+        """Call after loading new weights: before it serves again, the cache compares its shared tensors with the
+        reference (a changed prefix, which cannot happen in a sweep, empties and stops it)."""
+        self._recheck = True
+
+    def _prefix_unchanged(self) -> bool:
+        if self.reference is None:
+            self.reference = {k: v.detach().clone() for k, v in self._prefix_state().items()}
+        elif self._recheck and not same_state(self._prefix_state(), self.reference):
             log.warning("the text tower's shared layers changed; text prefix cache switched off")
             self._switch_off()
+        self._recheck = False
+        return self.enabled
 
     def _switch_off(self) -> None:
         self.enabled = False
@@ -138,7 +149,8 @@ class TextPrefixCache:
         # Cacheable: token ids alone (BertModel passes position / token type ids and embeddings as None, no cache).
         plain = input_ids is not None and not kw.get("cache_length") and all(
             v is None for name, v in kw.items() if name != "cache_length")
-        self._key = _token_key(input_ids) if self.enabled and plain and input_ids is not None else None
+        cacheable = self.enabled and plain and input_ids is not None and self._prefix_unchanged()
+        self._key = _token_key(input_ids) if cacheable and input_ids is not None else None
         cached = self.states.get(self._key) if self._key is not None else None
         self._hit = cached is not None
         if cached is not None and input_ids is not None:
