@@ -2,9 +2,9 @@
 
 Runs that freeze the stem and first N image blocks of one base compute the same prefix output for the same images:
 the ft, flyp and arf runs of a demo and each of their seeds (the finetuning set, the anchors), and every WiSE-FT
-sweep of them (θ0, the base, holds that prefix). Computed once, the activations are read back instead: on the
-offline benchmark's 2-core Xeon the prefix of the 2,400 finetuning images takes 10.1 s and that of 3,591 anchors
-15.9 s, per run.
+sweep of them (θ0, the base, holds that prefix). Computed once, the activations are read back instead: for the
+offline benchmark's 2,400 finetuning images on a 2-core Xeon, 8.0 s to compute, 0.24 s to read with the check
+below, 0.03 s as the process that wrote them (benchmarks/bench_frozen_prefix.py, docs/BENCHMARKS.md run W).
 
 An entry is one safetensors file named by a key of everything the activations depend on: the prefix's tensors
 (weights and batch-norm buffers) and whether its modules are in training mode, the images (the loader's paths,
