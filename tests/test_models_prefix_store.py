@@ -195,3 +195,32 @@ def test_train_config_names_the_store_folder(tmp_path):
     assert TrainConfig(prefix_store=str(tmp_path / "s")).prefix_store_dir == tmp_path / "s"
     assert TrainConfig(prefix_store=None).prefix_store_dir is None
     assert TrainConfig(prefix_store="").prefix_store_dir is None
+
+
+def test_lp_features_through_the_store_equal_the_whole_towers(tmp_path, caplog, monkeypatch):
+    """A probe's features with the first blocks from the store (feature_prefix_blocks): bit-identical to the whole
+    tower's; a second probe reads the store; a split that disagrees with the whole tower is not used."""
+    from arf.train.loop import encode_set
+    from arf.train.methods import METHODS
+
+    root = make_benchmark(tmp_path / "b", per_class=2)
+    ds = arf.data.get_suite("offline", root).get("train")
+    bundle = effnet_bundle()
+
+    def features(**kw):
+        cfg = TrainConfig(method="lp", out_dir=str(tmp_path / "runs"), **kw)
+        return encode_set(METHODS.get("lp")(cfg, bundle, ds), CPU, batch_size=3)
+
+    whole = features()
+    assert prefix_store.PrefixStore(tmp_path / "runs" / "prefix-store", 1).entries() == []
+    first = features(feature_prefix_blocks=2)
+    with caplog.at_level(logging.INFO):
+        again = features(feature_prefix_blocks=2)
+    assert "read from" in caplog.text
+    assert torch.equal(first, whole) and torch.equal(again, whole) and torch.isfinite(whole).all()
+    split_cls = type(find_split(bundle.model, 2))
+    monkeypatch.setattr(split_cls, "suffix", lambda self, h: torch.zeros(len(h), whole.shape[1]))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert torch.equal(features(feature_prefix_blocks=2), whole)
+    assert "not used" in caplog.text

@@ -21,6 +21,7 @@ model each) are then removed unless ``keep_probes``, and one is trained again on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Sequence
@@ -224,11 +225,28 @@ def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, m
     if not final_matches(final, train_hash(tcfg)):
         wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=wise_dir.parent, method=method, seed=seed)
         log.info("WiSE-probe %s: probe at α %g", method, alpha)
+        if tcfg.feature_prefix_blocks == 0 and tcfg.prefix_store:
+            # Every probe of every α, method and seed holds θ0's frozen image prefix: its activations of the
+            # finetuning set go through one store beside the sweeps (neither field is part of the train hash).
+            tcfg = dataclasses.replace(tcfg, feature_prefix_blocks=_shared_image_blocks(cfg.zeroshot, finetuned),
+                                       prefix_store=str(Path(tcfg.out_dir).parent / "prefix-store"))
         # final/ is complete: its resume points would only take disk space (gigabytes over a grid of models).
         train_cached(tcfg, keep_resume_points=False)
     if not cfg.keep_interpolated:
         shutil.rmtree(wise_dir, ignore_errors=True)
     return final
+
+
+def _shared_image_blocks(zeroshot: str, finetuned: str) -> int:
+    """The leading image blocks θ0 and θ1 hold bit-identically (what the finetuning froze; 0 if none): the
+    interpolated towers of every α hold them too."""
+    from arf.models import create_model
+    from arf.models.checkpoint import skip_init_on_load
+    from arf.models.trunk import find_shared_split
+
+    with skip_init_on_load():
+        split = find_shared_split(create_model(zeroshot).model, create_model(finetuned).model)
+    return split.n if split is not None else 0
 
 
 def _remove(folder: Path) -> None:

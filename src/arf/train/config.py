@@ -65,6 +65,10 @@ class TrainConfig:
     # other methods and seeds finetuning one base; arf.models.prefix_store): "auto" is <out_dir>/prefix-store, null
     # (or "") keeps them in memory only. At most 4 GiB there, least recently used entries removed first.
     prefix_store: str | None = "auto"
+    # lp features (the whole frozen image tower): run its first N blocks through that store and only the rest here,
+    # for probes on towers that share a frozen prefix with others (`arf wise-probe` sets it to what θ0 and θ1 share).
+    # The first batch must match the whole tower bit for bit, else the whole tower is used; 0: always the whole tower.
+    feature_prefix_blocks: int = 0
 
     # Parts kept frozen (CPU budgets): the first N image blocks (and the stem before them), the text tower.
     freeze_image_blocks: int = 0
@@ -116,6 +120,8 @@ class TrainConfig:
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         check(self.freeze_image_blocks >= 0, "freeze_image_blocks", f"must be >= 0, got {self.freeze_image_blocks}")
+        check(self.feature_prefix_blocks >= 0, "feature_prefix_blocks",
+              f"must be >= 0, got {self.feature_prefix_blocks}")
         check(self.freeze_text_blocks >= 0, "freeze_text_blocks", f"must be >= 0, got {self.freeze_text_blocks}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "must be in [0, 1)")
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")

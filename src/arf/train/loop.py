@@ -176,6 +176,10 @@ def encode_set(method: Method, device: torch.device, batch_size: int = 128) -> t
     import arf.data
 
     ds = arf.data.ImageDataset.from_set(method.ds, method.bundle.preprocess_val)
+    if method.cfg.feature_prefix_blocks > 0:
+        feats = _features_through_prefix(method, device, batch_size)
+        if feats is not None:
+            return feats
     out: list[torch.Tensor] = []
     idx: list[torch.Tensor] = []
     with eval_mode(method.bundle.model) as model:
@@ -185,6 +189,33 @@ def encode_set(method: Method, device: torch.device, batch_size: int = 128) -> t
     f = torch.cat(out)
     feats = torch.full((len(ds), f.shape[1]), float("nan"))
     feats[torch.cat(idx)] = f
+    return feats
+
+
+def _features_through_prefix(method: Method, device: torch.device, batch_size: int) -> torch.Tensor | None:
+    """:func:`encode_set`'s features with the first ``feature_prefix_blocks`` blocks read from the prefix store
+    (computed and stored by the first probe over these images and this prefix), or None where the tower cannot be
+    split there or the split differs from the whole tower on the first batch."""
+    from arf.models.trunk import find_split, prefix_activations
+
+    model = method.bundle.model
+    split = find_split(model, method.cfg.feature_prefix_blocks)
+    if split is None:
+        return None
+    with eval_mode(model):
+        acts = prefix_activations(split, method.ds, method.bundle.preprocess_val, device, batch_size,
+                                  store=method.store(),
+                                  first=lambda x, h: torch.equal(model.encode_image(x), split.suffix(h)))
+        if acts is None or not acts.batch_sizes:
+            log.info("lp features: the split image tower is not used (no match with the whole tower, or too big)")
+            return None
+        dtype = next(model.parameters()).dtype
+        feats: torch.Tensor | None = None
+        for h, _, idx in acts.batches(dtype):
+            f = split.suffix(h.to(device)).float().cpu()
+            if feats is None:
+                feats = torch.full((len(acts.dense), f.shape[1]), float("nan"))
+            feats[idx] = f
     return feats
 
 
@@ -390,7 +421,7 @@ def _train_hash(cfg: TrainConfig) -> str:
     # files named by path: a caption or anchor file regenerated in place (another k, strategy or captioner) or a
     # rebuilt `arf:mini-clip` is another run, which neither a cached final nor `--resume latest` may stand for.
     skip = {"out_dir", "name", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress",
-            "num_workers", "device", "prefix_store"}
+            "num_workers", "device", "prefix_store", "feature_prefix_blocks"}
     fields = {k: v for k, v in vars(cfg).items() if k not in skip}
     return config_hash(fields, _input_digests(cfg))
 
