@@ -187,3 +187,28 @@ def test_cli_data_root_reaches_the_config(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["wise-probe", "--finetuned", "x", "--suite", "offline", "--out", str(tmp_path), "--data-root",
                  "/data/root", "--probe-set", "seed=1"]) == 0
     assert (seen["cfg"].data_root, seen["cfg"].probe_overrides) == ("/data/root", ["seed=1"])
+
+
+@pytest.mark.parametrize(("store", "want"), [(None, "auto"), ("/elsewhere", "/elsewhere"), ("null", None)])
+def test_a_probe_reads_the_shared_image_blocks_through_one_store(
+        store: str | None, want: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import arf.evaluate.wise
+    import arf.train.cached
+    import arf.wise_probe as wp
+    from arf.train.loop import train_hash
+
+    trained = []
+    monkeypatch.setattr(arf.evaluate.wise, "wise_sweep", lambda *a, **kw: [])
+    monkeypatch.setattr(arf.train.cached, "train_cached", lambda tcfg, **kw: trained.append(tcfg))
+    monkeypatch.setattr(wp, "_shared_image_blocks", lambda zeroshot, finetuned: 5)
+    cfg = WiseProbeConfig(probe_overrides=[] if store is None else [f"prefix_store={store}"])
+    folder = tmp_path / "wp" / "flyp-s0"
+    tcfg = wp._probe_at(cfg, folder, 0.5, 0)
+    wp.train_probe(cfg, tcfg, "ft-final", 0.5, "flyp", 0)
+    (got,) = trained
+    if want is None:  # no store: the whole tower, as before
+        assert (got.feature_prefix_blocks, got.prefix_store) == (0, None)
+    else:
+        assert got.feature_prefix_blocks == 5
+        assert got.prefix_store == (str(tmp_path / "wp" / "prefix-store") if want == "auto" else want)
+    assert train_hash(got) == train_hash(tcfg)  # cached probes stay valid

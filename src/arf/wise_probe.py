@@ -228,8 +228,10 @@ def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, m
         if tcfg.feature_prefix_blocks == 0 and tcfg.prefix_store:
             # Every probe of every α, method and seed holds θ0's frozen image prefix: its activations of the
             # finetuning set go through one store beside the sweeps (neither field is part of the train hash).
+            store = (str(Path(tcfg.out_dir).expanduser().parent / "prefix-store") if tcfg.prefix_store == "auto"
+                     else tcfg.prefix_store)
             tcfg = dataclasses.replace(tcfg, feature_prefix_blocks=_shared_image_blocks(cfg.zeroshot, finetuned),
-                                       prefix_store=str(Path(tcfg.out_dir).parent / "prefix-store"))
+                                       prefix_store=store)
         # final/ is complete: its resume points would only take disk space (gigabytes over a grid of models).
         train_cached(tcfg, keep_resume_points=False)
     if not cfg.keep_interpolated:
