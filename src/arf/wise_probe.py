@@ -272,13 +272,14 @@ def finish(
     from arf.io import read_json, write_json
     from arf.models import create_model
     from arf.models.checkpoint import skip_init_on_load
+    from arf.train.cached import final_hash
 
     # The chosen probe: its folder is gone when an earlier run chose another α and removed this one.
     probe = train_probe(cfg, _probe_at(cfg, sweep.folder, alpha, sweep.seed, opts), sweep.finetuned, alpha,
                         sweep.method, sweep.seed)
     # The probe's train hash: a probe retrained (another probe config) must not find the text-moved model of the
     # old one, which wise_sweep's own cache (it checks α only) would keep.
-    probe_hash = read_json(probe / "arf.json").get("train", {}).get("config_hash")
+    probe_hash = final_hash(probe)
     if cfg.text_alpha is None:
         final = probe
     else:

@@ -49,7 +49,7 @@ def resume_or_fresh(run_dir: Path, want_hash: str) -> str | None:
         if have == want_hash:
             return "latest"
     elif (run_dir / "final" / "arf.json").is_file():
-        have = read_json(run_dir / "final" / "arf.json").get("train", {}).get("config_hash")
+        have = final_hash(run_dir / "final")
         if have == want_hash:
             return None  # finished by this config: nothing to resume, nothing stale
     else:
@@ -61,9 +61,12 @@ def resume_or_fresh(run_dir: Path, want_hash: str) -> str | None:
     return None
 
 
+def final_hash(final: Path) -> str | None:
+    """The train hash ``final/arf.json`` records (of the config that trained it), None without one."""
+    meta = final / "arf.json"
+    return read_json(meta).get("train", {}).get("config_hash") if meta.is_file() else None
+
+
 def final_matches(final: Path, want_hash: str) -> bool:
     """Whether ``final/arf.json`` records ``want_hash`` as the config that trained it."""
-    meta = final / "arf.json"
-    if not meta.is_file():
-        return False
-    return read_json(meta).get("train", {}).get("config_hash") == want_hash
+    return final_hash(final) == want_hash
