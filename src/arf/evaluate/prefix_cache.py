@@ -44,7 +44,6 @@ class PrefixFeatures:
         self.max_bytes = max_bytes
         self.store = store
         self.reference = {k: v.detach().clone() for k, v in split.prefix_state().items()}
-        self.dtype = next(p.dtype for m in split.prefix_modules() for p in m.parameters())
         self.sets: dict[tuple[str, int], PrefixActs | None] = {}  # None: not cacheable, use encode_set
         self.verified = False
         self.disabled = False
@@ -79,7 +78,7 @@ class PrefixFeatures:
                 return encode_set(bundle, ds, opts)
             device = torch.device(opts.device)
             feats = [F.normalize(self.split.suffix(h.to(device)), dim=-1).float().cpu()
-                     for h, _, _ in entry.batches(self.dtype)]
+                     for h, _, _ in entry.batches(self.split.dtype)]
         if not feats:
             return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
         return torch.cat(feats), entry.labels

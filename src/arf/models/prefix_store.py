@@ -105,11 +105,9 @@ def store_key(split: Any, data: Any, transform: Any, batch_size: int, device: to
     data_fp = data_fingerprint(data)
     if data_fp is None:
         return None
-    modules = split.prefix_modules()
-    training = [any(m.training for m in mod.modules()) for mod in modules]
-    dtype = next((p.dtype for mod in modules for p in mod.parameters()), torch.float32)
+    training = [any(m.training for m in mod.modules()) for mod in split.prefix_modules()]
     return config_hash(FORMAT, state_fingerprint(split.prefix_state().items()), training, data_fp, repr(transform),
-                       int(batch_size), str(dtype), torch.device(device).type, torch.__version__)
+                       int(batch_size), str(split.dtype), torch.device(device).type, torch.__version__)
 
 
 class PrefixStore:

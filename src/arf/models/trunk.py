@@ -46,6 +46,11 @@ class TrunkSplit:
         t = self.trunk
         return [t.conv_stem, t.bn1, *t.blocks[: self.n]]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The prefix's parameter dtype (that of its output; float32 if it has no parameters)."""
+        return next((p.dtype for m in self.prefix_modules() for p in m.parameters()), torch.float32)
+
     def prefix_state(self) -> dict[str, torch.Tensor]:
         """Parameters and buffers of the prefix (BatchNorm running stats included), keyed by module position."""
         return {f"{i}.{k}": v for i, m in enumerate(self.prefix_modules()) for k, v in m.state_dict().items()}

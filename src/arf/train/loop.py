@@ -175,11 +175,11 @@ def encode_set(method: Method, device: torch.device, batch_size: int = 128) -> t
     """Image features of the whole finetuning set (eval transform), for a frozen image tower."""
     import arf.data
 
-    ds = arf.data.ImageDataset.from_set(method.ds, method.bundle.preprocess_val)
     if method.cfg.feature_prefix_blocks > 0:
         feats = _features_through_prefix(method, device, batch_size)
         if feats is not None:
             return feats
+    ds = arf.data.ImageDataset.from_set(method.ds, method.bundle.preprocess_val)
     out: list[torch.Tensor] = []
     idx: list[torch.Tensor] = []
     with eval_mode(method.bundle.model) as model:
@@ -209,9 +209,8 @@ def _features_through_prefix(method: Method, device: torch.device, batch_size: i
         if acts is None or not acts.batch_sizes:
             log.info("lp features: the split image tower is not used (no match with the whole tower, or too big)")
             return None
-        dtype = next(model.parameters()).dtype
         feats: torch.Tensor | None = None
-        for h, _, idx in acts.batches(dtype):
+        for h, _, idx in acts.batches(split.dtype):
             f = split.suffix(h.to(device)).float().cpu()
             if feats is None:
                 feats = torch.full((len(acts.dense), f.shape[1]), float("nan"))
