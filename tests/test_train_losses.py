@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arf.train.losses import classification_loss, contrastive_loss, global_mean, text_groups
+from arf.train.losses import ArfLoss, classification_loss, contrastive_loss, global_mean, text_groups
 from arf.train.optim import lr_at, param_groups
 
 
@@ -113,3 +113,78 @@ def test_empty_batch_contributes_zero_not_nan():
     assert loss.item() == 0.0
     loss.backward()
     assert classification_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+# ArfLoss: the objective as one open_clip-style module (examples/open_clip_loop.py uses it in a loop of its own).
+
+def _feats(n: int, d: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g), dim=-1)
+
+
+def test_arf_loss_without_anchor_weights_is_open_clips_clip_loss():
+    from open_clip.loss import ClipLoss
+
+    img, txt, scale = _feats(6), _feats(6, seed=1), torch.tensor(14.0)
+    ours = ArfLoss()(img, txt, scale)
+    assert ours.item() == pytest.approx(ClipLoss()(img, txt, scale).item(), rel=1e-6)
+    assert ArfLoss()(img, txt, scale, output_dict=True) == {"clip_loss": ours}
+
+
+def test_arf_loss_is_clip_plus_weighted_anchor_terms_and_its_dict_sums_to_the_total():
+    img, txt, scale = _feats(6), _feats(6, seed=1), torch.tensor(10.0)
+    labels = torch.tensor([0, 1, 1, 2, 0, 3])
+    cap, a_img, a_txt = _feats(6, seed=2), _feats(4, seed=3), _feats(4, seed=4)
+    caps = ["a dog on grass", "a cat", "a cat", "a red car", "a dog", "a boat"]
+    a_texts = ["flag of france", "a sketch of a cat", "flag of france", "an old boat"]
+    loss = ArfLoss(lambda_cap=0.3, lambda_ret=0.5)
+    kw = dict(caption_features=cap, caption_texts=caps, anchor_image_features=a_img, anchor_text_features=a_txt,
+              anchor_texts=a_texts)
+    clip = contrastive_loss(img, txt, scale, labels)
+    c = contrastive_loss(img, cap, scale, text_groups(caps))
+    a = contrastive_loss(a_img, a_txt, scale, text_groups(a_texts))
+    # The identical texts ("a cat", "flag of france") are positives of each other, not negatives.
+    assert a.item() != pytest.approx(contrastive_loss(a_img, a_txt, scale).item())
+    total = loss(img, txt, scale, labels, **kw)
+    assert torch.equal(total, clip + 0.3 * c + 0.5 * a)
+    terms = loss(img, txt, scale, labels, **kw, output_dict=True)
+    assert list(terms) == ["clip_loss", "caption_loss", "anchor_loss"]
+    assert torch.equal(terms["caption_loss"], 0.3 * c) and torch.equal(terms["anchor_loss"], 0.5 * a)
+    assert torch.equal(sum(terms.values()), total)
+    # Unweighted, as arf train logs them; a term whose λ is 0 is not computed.
+    raw = loss.anchor_losses(scale, caption_image_features=img, **kw)
+    assert torch.equal(raw["caption_loss"], c) and torch.equal(raw["anchor_loss"], a)
+    assert list(ArfLoss(lambda_ret=0.5).anchor_losses(scale, caption_image_features=img, **kw)) == ["anchor_loss"]
+    # FLYP's identity targets when asked for.
+    ignore = ArfLoss(duplicates="ignore")(img, txt, scale, labels)
+    assert torch.equal(ignore, contrastive_loss(img, txt, scale))
+
+
+def test_arf_loss_caption_pairs_may_be_a_subset_and_gradients_reach_every_input():
+    img = _feats(5).requires_grad_()
+    txt, cap, a_img, a_txt = _feats(5, seed=1), _feats(3, seed=2), _feats(4, seed=3), _feats(4, seed=4)
+    a_img.requires_grad_()
+    has = torch.tensor([True, False, True, True, False])  # images without a caption get no caption term
+    loss = ArfLoss(lambda_cap=1.0, lambda_ret=1.0)(img, txt, torch.tensor(10.0), caption_image_features=img[has],
+                                                   caption_features=cap, anchor_image_features=a_img,
+                                                   anchor_text_features=a_txt)
+    loss.backward()
+    assert img.grad is not None and a_img.grad is not None
+    assert torch.isfinite(img.grad).all() and a_img.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("kwargs", "call", "match"), [
+    ({"lambda_cap": -0.1}, {}, "lambda_cap must be >= 0"),
+    ({"lambda_ret": float("nan")}, {}, "lambda_ret must be >= 0"),
+    ({"duplicates": "merge"}, {}, "unknown duplicates 'merge'; choose from multi_positive, ignore"),
+    ({"lambda_ret": 0.5}, {}, "anchor_text_features: its λ is > 0"),
+    ({"lambda_cap": 0.5}, {"anchor_image_features": _feats(2)}, "caption_features: its λ is > 0"),
+    ({"lambda_ret": 0.5}, {"anchor_image_features": _feats(3), "anchor_text_features": _feats(2)},
+     "anchor_text_features: 3 image rows, 2 text rows"),
+    ({"lambda_ret": 0.5}, {"anchor_image_features": _feats(2), "anchor_text_features": _feats(2),
+                           "anchor_texts": ["one"]}, "2 image rows, 2 text rows, 1 texts"),
+    ({}, {"labels": torch.tensor([0, 1])}, "labels: 2 labels for 4 image rows"),
+])
+def test_arf_loss_refuses_bad_arguments_naming_them(kwargs, call, match):
+    with pytest.raises(ValueError, match=match):
+        ArfLoss(**kwargs)(_feats(4), _feats(4, seed=1), torch.tensor(10.0), **call)

@@ -91,3 +91,98 @@ def global_mean(rank_loss: torch.Tensor) -> float:
     """The global-batch value of a loss returned by this module (for logging)."""
     info = D.current()
     return float(D.all_reduce_sum(rank_loss.detach()).item()) / info.world_size
+
+
+DUPLICATES = ("multi_positive", "ignore")
+
+
+class ArfLoss(torch.nn.Module):
+    """ARF's objective as an open_clip-style loss module, for a training loop of your own.
+
+    ``loss = L(image, its class prompt) + λ_cap · L(image, its caption) + λ_ret · L(retrieved image, its text)``,
+    every ``L`` the symmetric contrastive loss of :func:`contrastive_loss` (features already normalised,
+    ``logit_scale`` the scale itself). ``forward(..., output_dict=True)`` returns the *weighted* terms
+    ``{"clip_loss", "caption_loss", "anchor_loss"}`` (each anchor term only when its λ > 0), so that
+    ``sum(losses.values())`` is the total, as open_clip's training loop sums a loss dict; without it, the total.
+    :meth:`anchor_losses` gives the unweighted anchor terms (what ``arf train`` logs).
+
+    Contrastive groups: ``labels`` make the images of one class positives of each other's prompt (duplicates
+    ``multi_positive``; ``ignore`` keeps FLYP's identity targets); identical caption or anchor texts are one
+    positive set when their texts are given, else every row is its own pair (the plain CLIP loss).
+    """
+
+    def __init__(self, lambda_cap: float = 0.0, lambda_ret: float = 0.0, duplicates: str = "multi_positive") -> None:
+        super().__init__()
+        for name, value in (("lambda_cap", lambda_cap), ("lambda_ret", lambda_ret)):
+            if not value >= 0:  # NaN fails too
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if duplicates not in DUPLICATES:
+            raise ValueError(f"unknown duplicates {duplicates!r}; choose from {', '.join(DUPLICATES)}")
+        self.lambda_cap = float(lambda_cap)
+        self.lambda_ret = float(lambda_ret)
+        self.duplicates = duplicates
+
+    def _pair(self, name: str, img: torch.Tensor | None, txt: torch.Tensor | None, texts: Sequence[str] | None,
+              scale: torch.Tensor) -> torch.Tensor:
+        if img is None or txt is None:
+            raise ValueError(f"{name}: its λ is > 0, so both its image and its text features are needed")
+        if img.shape[0] != txt.shape[0] or (texts is not None and len(texts) != txt.shape[0]):
+            got = f"{img.shape[0]} image rows, {txt.shape[0]} text rows"
+            raise ValueError(f"{name}: {got}{'' if texts is None else f', {len(texts)} texts'}; they must pair up")
+        groups = None if texts is None else text_groups(texts).to(img.device)
+        return contrastive_loss(img, txt, scale, groups, self.duplicates)
+
+    def anchor_losses(
+        self, logit_scale: torch.Tensor, *,
+        caption_image_features: torch.Tensor | None = None, caption_features: torch.Tensor | None = None,
+        caption_texts: Sequence[str] | None = None,
+        anchor_image_features: torch.Tensor | None = None, anchor_text_features: torch.Tensor | None = None,
+        anchor_texts: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The unweighted ``caption_loss`` (λ_cap > 0) and ``anchor_loss`` (λ_ret > 0); a term whose λ is 0 is
+        neither computed nor returned."""
+        out: dict[str, torch.Tensor] = {}
+        if self.lambda_cap > 0:
+            out["caption_loss"] = self._pair("caption_features", caption_image_features, caption_features,
+                                             caption_texts, logit_scale)
+        if self.lambda_ret > 0:
+            out["anchor_loss"] = self._pair("anchor_text_features", anchor_image_features, anchor_text_features,
+                                            anchor_texts, logit_scale)
+        return out
+
+    def weighted(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``terms`` with the anchor terms multiplied by their λ (the objective's terms as they are)."""
+        lam = {"caption_loss": self.lambda_cap, "anchor_loss": self.lambda_ret}
+        return {k: lam[k] * v if k in lam else v for k, v in terms.items()}
+
+    def total(self, objective: dict[str, torch.Tensor], anchor_terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The objective's terms summed, then λ_cap · caption_loss, then λ_ret · anchor_loss (in that order, so
+        that ``arf train``'s numbers do not depend on which entry point computed them)."""
+        total = sum(objective.values())
+        for value in self.weighted(anchor_terms).values():
+            total = total + value
+        return total  # type: ignore[return-value]
+
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+        labels: torch.Tensor | None = None, *,
+        caption_image_features: torch.Tensor | None = None, caption_features: torch.Tensor | None = None,
+        caption_texts: Sequence[str] | None = None,
+        anchor_image_features: torch.Tensor | None = None, anchor_text_features: torch.Tensor | None = None,
+        anchor_texts: Sequence[str] | None = None, output_dict: bool = False,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """``image_features`` [N, D] against their class prompts' ``text_features`` [N, D] (``labels`` [N]: the
+        class of each row); the caption pairs' images default to ``image_features`` (every image captioned)."""
+        if labels is not None and labels.shape[0] != image_features.shape[0]:
+            raise ValueError(f"labels: {labels.shape[0]} labels for {image_features.shape[0]} image rows")
+        groups = labels if labels is not None and self.duplicates == "multi_positive" else None
+        clip = contrastive_loss(image_features, text_features, logit_scale, groups, self.duplicates)
+        anchors = self.anchor_losses(
+            logit_scale,
+            caption_image_features=image_features if caption_image_features is None else caption_image_features,
+            caption_features=caption_features, caption_texts=caption_texts,
+            anchor_image_features=anchor_image_features, anchor_text_features=anchor_text_features,
+            anchor_texts=anchor_texts)
+        if output_dict:
+            return {"clip_loss": clip, **self.weighted(anchors)}
+        return self.total({"clip_loss": clip}, anchors)

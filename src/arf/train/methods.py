@@ -34,7 +34,7 @@ from arf.models.trunk import MAX_CACHE_BYTES, TrunkSplit, encode_prefix, find_sp
 from arf.registry import Registry
 from arf.train.config import TrainConfig
 from arf.train.data import Anchors
-from arf.train.losses import classification_loss, contrastive_loss, text_groups
+from arf.train.losses import ArfLoss, classification_loss, contrastive_loss
 
 log = logging.getLogger(__name__)
 
@@ -370,21 +370,13 @@ def anchor_terms(cfg: TrainConfig, objective: dict[str, torch.Tensor], batch: di
     groups: identical texts are one positive set, not each other's negatives.
     """
     dev = img.device
-    result = dict(objective)
-    total = sum(objective.values())
-    if cfg.lambda_cap > 0:
-        caps, t_cap = captions
-        has = batch["has_caption"].to(dev)
-        cap = contrastive_loss(img[:n_img][has], t_cap, scale, text_groups(caps).to(dev), cfg.duplicates)
-        result["caption_loss"] = cap
-        total = total + cfg.lambda_cap * cap
-    if cfg.lambda_ret > 0:
-        atexts, t_anchor = anchors
-        anc = contrastive_loss(img[n_img:], t_anchor, scale, text_groups(atexts).to(dev), cfg.duplicates)
-        result["anchor_loss"] = anc
-        total = total + cfg.lambda_ret * anc
-    result["loss"] = total
-    return result
+    loss = ArfLoss(cfg.lambda_cap, cfg.lambda_ret, cfg.duplicates)
+    (caps, t_cap), (atexts, t_anchor) = captions, anchors
+    # Only the images that have a caption are paired with one (has_caption exists only when captions are read).
+    cap_img = img[:n_img][batch["has_caption"].to(dev)] if cfg.lambda_cap > 0 else None
+    terms = loss.anchor_losses(scale, caption_image_features=cap_img, caption_features=t_cap, caption_texts=caps,
+                               anchor_image_features=img[n_img:], anchor_text_features=t_anchor, anchor_texts=atexts)
+    return {**objective, **terms, "loss": loss.total(objective, terms)}
 
 
 @METHODS.register("zeroshot")
