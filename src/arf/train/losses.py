@@ -109,6 +109,10 @@ class ArfLoss(torch.nn.Module):
     Contrastive groups: ``labels`` make the images of one class positives of each other's prompt (duplicates
     ``multi_positive``; ``ignore`` keeps FLYP's identity targets); identical caption or anchor texts are one
     positive set when their texts are given, else every row is its own pair (the plain CLIP loss).
+
+    Under ``torch.distributed`` (your DDP loop) every term scores this rank's rows against all ranks' (gathered
+    with gradient) and returns this rank's share of the global-batch mean, so DDP's gradient averaging gives the
+    gradient of the loss over the global batch (the module docstring).
     """
 
     def __init__(self, lambda_cap: float = 0.0, lambda_ret: float = 0.0, duplicates: str = "multi_positive") -> None:
