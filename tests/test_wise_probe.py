@@ -212,3 +212,48 @@ def test_a_probe_reads_the_shared_image_blocks_through_one_store(
         assert got.feature_prefix_blocks == 5
         assert got.prefix_store == (str(tmp_path / "wp" / "prefix-store") if want == "auto" else want)
     assert train_hash(got) == train_hash(tcfg)  # cached probes stay valid
+
+
+def test_probe_and_final_evaluations_read_the_shared_prefix_from_the_store_with_the_same_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's evaluations (each probe on the selection set, step 3's model on every set) take θ0's frozen
+    image blocks from the probes' store: the records are those of the whole tower, which runs on no set."""
+    import arf.data
+    import arf.evaluate.prefix_cache as prefix_cache
+    import arf.evaluate.runner as runner
+    from arf.models import save_checkpoint
+    from arf.wise_probe import run_wise_probe
+    from train_fixtures import effnet_bundle
+
+    root = make_benchmark(tmp_path / "bench", per_class=4, val_per_class=3)
+    b = effnet_bundle()
+    zs = save_checkpoint(b, tmp_path / "zs")
+    torch.manual_seed(1)
+    with torch.no_grad():  # θ1: image blocks 2 on, the image head and the text tower moved; stem, blocks 0-1 shared
+        for m in (*b.model.visual.trunk.blocks[2:], b.model.visual.head, b.model.transformer):
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    ft = save_checkpoint(b, tmp_path / "ft", extra={"method": "flyp", "seed": 0})
+    sets = arf.data.get_suite("offline", root).sets
+
+    whole = []  # the sets each path encoded through the whole image tower
+    for mod in (runner, prefix_cache):
+        real = mod.encode_set
+        monkeypatch.setattr(mod, "encode_set", lambda bundle, ds, opts, real=real: whole.append(ds.name)
+                            or real(bundle, ds, opts))
+
+    def recipe(out: Path, store: str) -> list[tuple]:
+        cfg = WiseProbeConfig(zeroshot=str(zs), alphas="0.5,1", data_root=str(root), text_alpha=0.5,
+                              probe_overrides=["max_steps=2", "batch_size=8", "progress=false",
+                                               f"prefix_store={store}"])
+        res = run_wise_probe(cfg, [str(ft)], out, sets)
+        select = [json.loads(x) for x in (out / "flyp-s0" / "select.jsonl").read_text().splitlines()]
+        return ([(r["alpha"], r["metric"], r["value"], r["n"]) for r in select]
+                + [(r.set, r.metric, r.value, r.n, r.config_hash) for r in res.records])
+
+    plain = recipe(tmp_path / "plain", "null")
+    assert whole == ["val"] * 3  # two probes on the selection set, then step 3's model
+    whole.clear()
+    stored = recipe(tmp_path / "stored", "auto")
+    assert stored == plain and whole == []
+    assert list((tmp_path / "stored" / "prefix-store").rglob("*.safetensors"))

@@ -177,6 +177,7 @@ def probe_sweep(
     select_fp = set_fingerprint(select)
     val: dict[float, float] = {}
     probes: dict[float, Path] = {}
+    prefix: PrefixEval | None = None
     for alpha in alphas:
         tcfg = _probe_at(cfg, folder, alpha, tag.seed, opts)
         final = tcfg.run_dir / "final"
@@ -193,8 +194,9 @@ def probe_sweep(
         with skip_init_on_load():  # evaluation only; the probe's training (above) seeds its own stream
             bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
         ptag = ModelTag(model=str(final.resolve()), method=f"{tag.method}{SUFFIX}-select", alpha=alpha, seed=tag.seed)
+        prefix = prefix or PrefixEval(cfg.zeroshot, probe_store(tcfg))
         recs = evaluate_to_file(bundle, [select], load_trained_head(str(final)), folder / SELECT_RECORDS, tag=ptag,
-                                opts=opts)
+                                opts=opts, features=prefix)
         val[alpha] = next(r.value for r in recs if r.metric == "top1")
         known[f"{alpha:g}"] = {**entry, "val": val[alpha]}
         write_json(folder / VAL_FILE, known)  # after each α: a killed sweep keeps what it evaluated
@@ -225,11 +227,10 @@ def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, m
     if not final_matches(final, train_hash(tcfg)):
         wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=wise_dir.parent, method=method, seed=seed)
         log.info("WiSE-probe %s: probe at α %g", method, alpha)
-        if tcfg.feature_prefix_blocks == 0 and tcfg.prefix_store:
+        store = probe_store(tcfg)
+        if tcfg.feature_prefix_blocks == 0 and store is not None:
             # Every probe of every α, method and seed holds θ0's frozen image prefix: its activations of the
             # finetuning set go through one store beside the sweeps (neither field is part of the train hash).
-            store = (str(Path(tcfg.out_dir).expanduser().parent / "prefix-store") if tcfg.prefix_store == "auto"
-                     else tcfg.prefix_store)
             tcfg = dataclasses.replace(tcfg, feature_prefix_blocks=_shared_image_blocks(cfg.zeroshot, finetuned),
                                        prefix_store=store)
         # final/ is complete: its resume points would only take disk space (gigabytes over a grid of models).
@@ -237,6 +238,60 @@ def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, m
     if not cfg.keep_interpolated:
         shutil.rmtree(wise_dir, ignore_errors=True)
     return final
+
+
+def probe_store(tcfg: Any) -> str | None:
+    """The prefix store of a probe config (:func:`_probe_at`): ``auto`` is one store beside the sweeps'
+    folders (``<out>/prefix-store``), shared by every probe and evaluation of the recipe; null or "": none."""
+    if not tcfg.prefix_store:
+        return None
+    if tcfg.prefix_store == "auto":
+        # Not TrainConfig.prefix_store_dir (<out_dir>/prefix-store): a probe's out_dir is one sweep's folder.
+        return str(Path(tcfg.out_dir).expanduser().parent / "prefix-store")
+    return str(tcfg.prefix_store)
+
+
+class PrefixEval:
+    """Image features for evaluating the recipe's models (the probes of step 1, the models of step 3): each holds
+    θ0's frozen image prefix (interpolation keeps the tensors θ0 and θ1 share; a probe and step 3 leave the image
+    tower as it is), so every set's prefix activations are read from the probes' store, not computed per model.
+
+    An ``ImageFeatures`` for :func:`arf.evaluate.evaluate`, built lazily: θ0 is loaded only when a set is really
+    encoded (a re-run whose records are all done loads nothing). The split is found from each model's weights
+    against θ0's and :class:`PrefixFeatures` checks its first batch against the whole tower, so the records are
+    the whole tower's, bit for bit (tested); without a store or a shared split, the whole tower runs.
+    """
+
+    def __init__(self, zeroshot: str, store: str | None) -> None:
+        self.zeroshot = zeroshot
+        self.store = store
+        self._model0: Any = None
+        self._current: tuple[Any, Any] | None = None  # (the model evaluated now, its PrefixFeatures or None)
+
+    def __call__(self, bundle: Any, ds: Any, opts: Any) -> Any:
+        from arf.evaluate.runner import encode_set
+
+        if self._current is None or self._current[0] is not bundle.model:
+            self._current = (bundle.model, self._features(bundle))
+        features = self._current[1]
+        return (features or encode_set)(bundle, ds, opts)
+
+    def _features(self, bundle: Any) -> Any:
+        from arf.evaluate.prefix_cache import PrefixFeatures
+        from arf.models import create_model
+        from arf.models.checkpoint import skip_init_on_load
+        from arf.models.prefix_store import PrefixStore
+        from arf.models.trunk import MAX_CACHE_BYTES, find_shared_split
+
+        if self.store is None:
+            return None
+        if self._model0 is None:
+            with skip_init_on_load():
+                self._model0 = create_model(self.zeroshot).model  # once: only its weights are compared
+        split = find_shared_split(bundle.model, self._model0)
+        if split is None:
+            return None
+        return PrefixFeatures(bundle.model, split, store=PrefixStore(self.store, MAX_CACHE_BYTES))
 
 
 def _shared_image_blocks(zeroshot: str, finetuned: str) -> int:
@@ -275,8 +330,8 @@ def finish(
     from arf.train.cached import final_hash
 
     # The chosen probe: its folder is gone when an earlier run chose another α and removed this one.
-    probe = train_probe(cfg, _probe_at(cfg, sweep.folder, alpha, sweep.seed, opts), sweep.finetuned, alpha,
-                        sweep.method, sweep.seed)
+    tcfg = _probe_at(cfg, sweep.folder, alpha, sweep.seed, opts)
+    probe = train_probe(cfg, tcfg, sweep.finetuned, alpha, sweep.method, sweep.seed)
     # The probe's train hash: a probe retrained (another probe config) must not find the text-moved model of the
     # old one, which wise_sweep's own cache (it checks α only) would keep.
     probe_hash = final_hash(probe)
@@ -300,7 +355,8 @@ def finish(
     with skip_init_on_load():
         bundle = create_model(str(final), device=getattr(opts, "device", "cpu"))
     tag = ModelTag(model=str(final.resolve()), method=f"{sweep.method}{SUFFIX}", seed=sweep.seed)
-    return final, evaluate_to_file(bundle, sets, load_trained_head(str(final)), records_path, tag=tag, opts=opts)
+    return final, evaluate_to_file(bundle, sets, load_trained_head(str(final)), records_path, tag=tag, opts=opts,
+                                   features=PrefixEval(cfg.zeroshot, probe_store(tcfg)))
 
 
 def run_wise_probe(
