@@ -11,7 +11,8 @@ put ARF into another codebase:
 
 ``--train`` is a folder of class folders (torchvision's ImageFolder); class names are the folder names with
 underscores as spaces. The finetuned weights go to ``<out>/open_clip_model.safetensors``; open_clip loads them back
-with ``open_clip.create_model_and_transforms(<model>, pretrained="<out>/open_clip_model.safetensors")``.
+with ``open_clip.create_model_and_transforms(<model>, pretrained="<out>/open_clip_model.safetensors")``, and ARF's
+evaluation as ``arf eval --model openclip:<model>@<out>/open_clip_model.safetensors --suite …`` (or ``arf wise``).
 """
 
 from __future__ import annotations
