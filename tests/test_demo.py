@@ -55,6 +55,10 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     choice = json.loads((out / "wise-probe" / "arf" / "wise_probe.json").read_text())
     assert choice["min_val"] == pytest.approx(best_val - 1) and choice["alpha"] in (0.5, 1.0)
     assert {r["alpha"] for r in records if r["method"] == "arf-wp"} == {None}
+    # The recipe reads the prefix activations the training runs and sweeps stored, not a store of its own.
+    probe_cfg = yaml.safe_load(next((out / "wise-probe" / "arf").rglob("probe-a*/config.yaml")).read_text())
+    assert probe_cfg["prefix_store"] == str(out / "train" / "prefix-store")
+    assert not list((out / "wise-probe").rglob("prefix-store"))
     trained = {m: yaml.safe_load((out / "train" / f"{m}-s0" / "config.yaml").read_text()) for m in ("ft", "arf")}
     assert (trained["arf"]["lambda_ret"], trained["ft"]["lambda_ret"]) == (0.5, 0.0)
     assert trained["arf"]["max_steps"] == trained["ft"]["max_steps"] == 2

@@ -258,7 +258,7 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
 
     if cfg.wise_probe.methods:
         with stage("wise-probe"):
-            current += _wise_probe(cfg, finals, current, eval_sets, records, out, data_root)
+            current += _wise_probe(cfg, finals, current, eval_sets, records, out, data_root, stores)
 
     with stage("report"):
         _keep_only(records, current)
@@ -277,8 +277,13 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
 
 
 def _wise_probe(cfg: DemoConfig, finals: list[tuple[str, int, Path]], current: list[Any], eval_sets: list[Any],
-                records: Path, out: Path, data_root: Path) -> list[Any]:
-    """The recipe on ``cfg.wise_probe.methods`` (every seed of a method together); returns the results' records."""
+                records: Path, out: Path, data_root: Path, stores: dict[tuple[str, int], Path | None]) -> list[Any]:
+    """The recipe on ``cfg.wise_probe.methods`` (every seed of a method together); returns the results' records.
+
+    The probes and their evaluations read θ0's frozen image prefix through the method's training store
+    (``stores``): the training runs and the WiSE-FT sweeps have already put the finetuning and evaluation sets'
+    activations there, which the recipe's own store would compute again for every method.
+    """
     from arf.wise_probe import WiseProbeConfig, run_wise_probe
 
     stage = cfg.wise_probe
@@ -295,9 +300,12 @@ def _wise_probe(cfg: DemoConfig, finals: list[tuple[str, int, Path]], current: l
     overrides = method_train_overrides(cfg, "lp")
     new: list[Any] = []
     for method in stage.methods:
+        store = next(stores[(m, seed)] for m, seed, _ in finals if m == method)
+        # First, so that a prefix_store in the protocol's lp overrides still wins.
+        shared = [f"prefix_store={store}"] if store is not None else []
         wcfg = WiseProbeConfig(zeroshot=cfg.model, alphas=stage.alphas, min_val=floor, text_alpha=stage.text_alpha,
                                keep_probes=stage.keep_probes,
-                               probe_config=str(method_config("lp")), probe_overrides=overrides,
+                               probe_config=str(method_config("lp")), probe_overrides=[*shared, *overrides],
                                data_root=str(data_root) if cfg.data.out else None)
         res = run_wise_probe(wcfg, [str(f) for m, _, f in finals if m == method], out / "wise-probe" / method,
                              eval_sets, records_path=records, method=method)
