@@ -243,12 +243,11 @@ def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, m
 def probe_store(tcfg: Any) -> str | None:
     """The prefix store of a probe config (:func:`_probe_at`): ``auto`` is one store beside the sweeps'
     folders (``<out>/prefix-store``), shared by every probe and evaluation of the recipe; null or "": none."""
-    if not tcfg.prefix_store:
-        return None
-    if tcfg.prefix_store == "auto":
-        # Not TrainConfig.prefix_store_dir (<out_dir>/prefix-store): a probe's out_dir is one sweep's folder.
-        return str(Path(tcfg.out_dir).expanduser().parent / "prefix-store")
-    return str(tcfg.prefix_store)
+    from arf.train.config import prefix_store_folder
+
+    # Not TrainConfig.prefix_store_dir (<out_dir>/prefix-store): a probe's out_dir is one sweep's folder.
+    folder = prefix_store_folder(tcfg.prefix_store, Path(tcfg.out_dir).expanduser().parent)
+    return str(folder) if folder is not None else None
 
 
 class PrefixEval:

@@ -158,11 +158,16 @@ class TrainConfig:
     @property
     def prefix_store_dir(self) -> Path | None:
         """The folder ``prefix_store`` names (``auto``: ``<out_dir>/prefix-store``), or None when it is off."""
-        if not self.prefix_store:
-            return None
-        if self.prefix_store == "auto":
-            return Path(self.out_dir).expanduser() / "prefix-store"
-        return Path(self.prefix_store).expanduser()
+        return prefix_store_folder(self.prefix_store, Path(self.out_dir).expanduser())
+
+
+def prefix_store_folder(prefix_store: str | None, auto_parent: Path) -> Path | None:
+    """The folder a ``prefix_store`` value names: ``auto`` is ``<auto_parent>/prefix-store``; null or "": none."""
+    if not prefix_store:
+        return None
+    if prefix_store == "auto":
+        return auto_parent / "prefix-store"
+    return Path(prefix_store).expanduser()
 
 
 def anchor_parquet(path: str | Path) -> Path:
