@@ -61,3 +61,36 @@ def test_without_resume_points_a_finished_run_keeps_only_final_and_is_still_reco
     assert final_matches(final_new, train_hash(new))
     stale = new.run_dir.with_name(f"{new.run_dir.name}.stale-{train_hash(cfg)}")
     assert final_matches(stale / "final", train_hash(cfg))
+
+
+def test_a_copied_run_folder_is_cached_there_too(tmp_path: Path) -> None:
+    import shutil
+
+    cfg = _cfg(tmp_path, name="ft-s0")
+    final = train_cached(cfg, keep_resume_points=False)
+    shutil.copytree(tmp_path / "runs", tmp_path / "copy")
+    there = _cfg(tmp_path, out_dir=str(tmp_path / "copy"))
+    weights = there.run_dir / "final" / "open_clip_model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert train_cached(there, keep_resume_points=False) == there.run_dir / "final" != final
+    assert weights.stat().st_mtime_ns == stamp, "found cached, not trained again"
+
+
+def test_a_run_recorded_under_the_legacy_hash_is_kept_and_resumed(tmp_path: Path) -> None:
+    from arf.io import read_json, write_json
+    from arf.train.loop import train_hashes
+
+    cfg = _cfg(tmp_path)
+    final = train_cached(cfg)
+    current, legacy = train_hashes(cfg)
+    # What a run finished before run folders became relocatable recorded.
+    meta = read_json(final / "arf.json")
+    meta["train"]["config_hash"] = legacy
+    write_json(final / "arf.json", meta)
+    for state in (cfg.run_dir / "checkpoints").glob("step_*/train_state.json"):
+        write_json(state, {**read_json(state), "config_hash": legacy})
+    assert final_matches(final, train_hashes(cfg)) and not final_matches(final, current)
+    assert resume_or_fresh(cfg.run_dir, train_hashes(cfg)) == "latest"
+    stamp = (final / "open_clip_model.safetensors").stat().st_mtime_ns
+    assert train_cached(cfg) == final and (final / "open_clip_model.safetensors").stat().st_mtime_ns == stamp
+    assert not list(tmp_path.glob("runs/*.stale-*"))

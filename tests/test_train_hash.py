@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from arf.train.config import TrainConfig
-from arf.train.loop import train_hash
+from arf.train.loop import same_run, train_hash, train_hashes
 
 
 def _cfg(tmp_path: Path, **kw: object) -> TrainConfig:
@@ -52,3 +52,34 @@ def test_unused_inputs_and_logging_fields_do_not_change_the_hash(tmp_path: Path)
     moved = _cfg(tmp_path, lambda_cap=0.0, out_dir=str(tmp_path / "elsewhere"), log_every=7, progress=False)
     assert train_hash(moved) == h
     assert train_hash(_cfg(tmp_path, lambda_cap=0.0, lr=3e-4)) != h
+
+
+def test_a_run_folder_moved_elsewhere_holds_the_same_runs(tmp_path: Path) -> None:
+    # `arf demo` keeps captions, anchors and the wise-probe's interpolated models inside its run folder: moved or
+    # copied whole, its runs are the same runs (content is hashed, not where it lies).
+    def at(folder: Path) -> TrainConfig:
+        _write(folder / "captions.parquet", b"captions v1", 1)
+        _write(folder / "anchors" / "anchors.parquet", b"anchors k=50", 1)
+        return _cfg(folder, model=str(folder / "runs" / "wise" / "alpha_0.5"))
+
+    here, there = at(tmp_path / "here"), at(tmp_path / "there")
+    assert train_hash(here) == train_hash(there)
+    _write(tmp_path / "there" / "anchors" / "anchors.parquet", b"anchors k=8 ", 2)
+    assert train_hash(here) != train_hash(there), "other content is still another run"
+    # A model outside the run folder is still named by its path.
+    assert train_hash(_cfg(tmp_path / "here", model="/models/a")) != train_hash(_cfg(tmp_path / "here",
+                                                                                         model="/models/b"))
+
+
+def test_runs_recorded_under_the_hash_before_relocation_are_still_the_same_run(tmp_path: Path) -> None:
+    _write(tmp_path / "captions.parquet", b"captions v1", 1)
+    _write(tmp_path / "anchors" / "anchors.parquet", b"anchors", 1)
+    cfg = _cfg(tmp_path)
+    current, legacy = train_hashes(cfg)
+    assert current == train_hash(cfg) and legacy != current
+    assert same_run(current, cfg) and same_run(legacy, cfg)
+    assert not same_run(None, cfg) and not same_run(train_hash(_cfg(tmp_path, lr=3e-4)), cfg)
+    # The legacy hash held the paths as given: the same content elsewhere is not its run.
+    moved = _cfg(tmp_path, captions=str(tmp_path / "other" / "captions.parquet"))
+    _write(tmp_path / "other" / "captions.parquet", b"captions v1", 1)
+    assert train_hash(moved) == current and train_hashes(moved)[1] != legacy

@@ -23,9 +23,9 @@ def train_cached(cfg: TrainConfig, *, keep_resume_points: bool = True) -> Path:
     ``keep_resume_points=False`` removes the run's ``checkpoints/`` once ``final/`` is there (also for a run found
     cached): they only serve to resume an unfinished run, and hold the optimizer state besides the weights — 330 MB
     a run for the offline base, 8 GB over ``arf demo --full``'s 24 runs."""
-    from arf.train.loop import train, train_hash
+    from arf.train.loop import train, train_hashes
 
-    want = train_hash(cfg)
+    want = train_hashes(cfg)
     final = cfg.run_dir / "final"
     if final_matches(final, want):
         log.info("train %s (%s): cached (%s)", cfg.method, cfg.run_dir.name, final)
@@ -36,7 +36,7 @@ def train_cached(cfg: TrainConfig, *, keep_resume_points: bool = True) -> Path:
     return final
 
 
-def resume_or_fresh(run_dir: Path, want_hash: str) -> str | None:
+def resume_or_fresh(run_dir: Path, want: str | tuple[str, ...]) -> str | None:
     """``"latest"`` when the run's newest checkpoint was made by this very config; otherwise a fresh start.
 
     A run folder left by a different config (e.g. an older learning rate) is moved aside to
@@ -46,11 +46,11 @@ def resume_or_fresh(run_dir: Path, want_hash: str) -> str | None:
     states = sorted((run_dir / "checkpoints").glob("step_*/train_state.json"))
     if states:
         have = read_json(states[-1]).get("config_hash")
-        if have == want_hash:
+        if have in _as_tuple(want):
             return "latest"
     elif (run_dir / "final" / "arf.json").is_file():
         have = final_hash(run_dir / "final")
-        if have == want_hash:
+        if have in _as_tuple(want):
             return None  # finished by this config: nothing to resume, nothing stale
     else:
         return None
@@ -67,6 +67,11 @@ def final_hash(final: Path) -> str | None:
     return read_json(meta).get("train", {}).get("config_hash") if meta.is_file() else None
 
 
-def final_matches(final: Path, want_hash: str) -> bool:
-    """Whether ``final/arf.json`` records ``want_hash`` as the config that trained it."""
-    return final_hash(final) == want_hash
+def final_matches(final: Path, want: str | tuple[str, ...]) -> bool:
+    """Whether ``final/arf.json`` records ``want`` (or one of them: ``train_hashes``) as the config that trained
+    it."""
+    return final_hash(final) in _as_tuple(want)
+
+
+def _as_tuple(want: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (want,) if isinstance(want, str) else want

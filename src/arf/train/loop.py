@@ -284,7 +284,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
     if resume is not None:
         path = ckpt.resolve(run_dir, resume)
         meta = ckpt.load(path, module, optimizer)
-        if meta.get("config_hash") != _train_hash(cfg):
+        if not same_run(meta.get("config_hash"), cfg):
             log.warning("resuming %s with a changed config (hash %s -> %s)", path, meta.get("config_hash"),
                         _train_hash(cfg))
         step = int(meta["step"])
@@ -415,14 +415,42 @@ def train_hash(cfg: TrainConfig) -> str:
     return _train_hash(cfg)
 
 
-def _train_hash(cfg: TrainConfig) -> str:
+def train_hashes(cfg: TrainConfig) -> tuple[str, str]:
+    """The hashes a checkpoint or ``final/`` of ``cfg``'s run may record: :func:`train_hash`, then the one runs
+    recorded before run folders became relocatable (December 2026; it held the captions / anchors paths and the
+    model path as given), so that runs finished before stay cached instead of retraining once."""
+    return _train_hash(cfg), _train_hash(cfg, legacy=True)
+
+
+def same_run(recorded: str | None, cfg: TrainConfig) -> bool:
+    """Whether a hash a run recorded (checkpoint, ``final/arf.json``) is ``cfg``'s: see :func:`train_hashes`."""
+    return recorded is not None and recorded in train_hashes(cfg)
+
+
+def _train_hash(cfg: TrainConfig, *, legacy: bool = False) -> str:
     # The fields that change what is trained (logging and run folder do not), plus the *content* of the input
     # files named by path: a caption or anchor file regenerated in place (another k, strategy or captioner) or a
     # rebuilt `arf:mini-clip` is another run, which neither a cached final nor `--resume latest` may stand for.
     skip = {"out_dir", "name", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress",
             "num_workers", "device", "prefix_store", "feature_prefix_blocks"}
+    if not legacy:
+        # Their content is hashed (when read at all); their paths are not, nor the run folder's place in a model
+        # path inside it: a run folder moved or copied elsewhere (`arf demo` keeps captions, anchors and the
+        # wise-probe's interpolated models inside it) holds the same runs, not ones to train again.
+        skip |= {"captions", "anchors"}
     fields = {k: v for k, v in vars(cfg).items() if k not in skip}
+    if not legacy:
+        fields["model"] = _model_key(cfg.model, cfg.out_dir)
     return config_hash(fields, _input_digests(cfg))
+
+
+def _model_key(model: str, out_dir: str) -> str:
+    """``model`` as the hash sees it: a path inside the run's ``out_dir`` relative to it, anything else as given."""
+    try:
+        inside = Path(model).expanduser().resolve().relative_to(Path(out_dir).expanduser().resolve())
+    except (ValueError, OSError):
+        return model
+    return f"<out_dir>/{inside.as_posix()}"
 
 
 def _input_digests(cfg: TrainConfig) -> dict[str, str]:
