@@ -116,12 +116,18 @@ def text_fraction(text_alpha: float, alpha: float) -> float:
     return t
 
 
-def _inputs_key(cfg: WiseProbeConfig, finetuned: str) -> str:
+def _inputs_keys(cfg: WiseProbeConfig, finetuned: str, folder: Path) -> tuple[str, str]:
     """What step 1's probes depend on beyond their train config: the finetuned and zero-shot weights. A probe's
-    train hash names its model by path only, so a model retrained in place must not find the old probes."""
+    train hash names its model by path only, so a model retrained in place must not find the old probes.
+
+    Returns this version's key, then the one sweeps recorded before run folders became relocatable (December 2026:
+    the finetuned model's absolute path), which is still accepted. Now that path is taken relative to ``folder``, so
+    a run folder holding both moves or copies without its probes being trained again."""
+    import os
+
     from arf.io import sha256_file
 
-    parts: dict[str, Any] = {"zeroshot": cfg.zeroshot, "finetuned": str(Path(finetuned).resolve())}
+    parts: dict[str, Any] = {"zeroshot": cfg.zeroshot}
     meta = Path(finetuned) / "arf.json"
     parts["finetuned_meta"] = sha256_file(meta) if meta.is_file() else "none"
     if cfg.zeroshot == "arf:mini-clip":
@@ -129,7 +135,9 @@ def _inputs_key(cfg: WiseProbeConfig, finetuned: str) -> str:
 
         base = built_base_dir()
         parts["base"] = base.name if base is not None else "unbuilt"
-    return config_hash(parts)
+    where = Path(finetuned).resolve()
+    return (config_hash({**parts, "finetuned": os.path.relpath(where, folder.resolve())}),
+            config_hash({**parts, "finetuned": str(where)}))
 
 
 def _probe_config(cfg: WiseProbeConfig, model: str, folder: Path, alpha: float, seed: int | None,
@@ -158,14 +166,14 @@ def probe_sweep(
     from arf.io import read_json, write_json
     from arf.models import create_model
     from arf.models.checkpoint import skip_init_on_load
-    from arf.train.loop import train_hash
+    from arf.train.loop import same_run, train_hash
 
     alphas = cfg.validate()
     folder = Path(folder)
     tag = model_tag(finetuned, method=method, seed=seed)
-    key = _inputs_key(cfg, finetuned)
+    key, legacy_key = _inputs_keys(cfg, finetuned, folder)
     stamp = folder / "inputs.json"
-    if folder.exists() and (not stamp.is_file() or read_json(stamp).get("key") != key):
+    if folder.exists() and (not stamp.is_file() or read_json(stamp).get("key") not in (key, legacy_key)):
         # Probes of other weights (a model retrained in place, another zero-shot model) are not these.
         log.warning("%s holds probes of other inputs; removed", folder)
         shutil.rmtree(folder)
@@ -184,7 +192,7 @@ def probe_sweep(
         probes[alpha] = final
         entry = {"train_hash": train_hash(tcfg), "select": select_fp}
         seen = known.get(f"{alpha:g}", {})
-        if {k: seen.get(k) for k in entry} == entry:
+        if same_run(seen.get("train_hash"), tcfg) and seen.get("select") == select_fp:
             # This very probe was evaluated on this very set: its folder may be gone (a choice of another α).
             val[alpha] = float(seen["val"])
             log.info("WiSE-probe %s seed %s: α %g, probe %s top-1 %.2f (recorded)", tag.method, tag.seed, alpha,
@@ -220,11 +228,11 @@ def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, m
     trained on the interpolated towers, written first to ``tcfg.model``."""
     from arf.evaluate.wise import wise_sweep
     from arf.train.cached import final_matches, train_cached
-    from arf.train.loop import train_hash
+    from arf.train.loop import train_hashes
 
     wise_dir = Path(tcfg.model)
     final = tcfg.run_dir / "final"
-    if not final_matches(final, train_hash(tcfg)):
+    if not final_matches(final, train_hashes(tcfg)):
         wise_sweep(cfg.zeroshot, finetuned, [alpha], out_dir=wise_dir.parent, method=method, seed=seed)
         log.info("WiSE-probe %s: probe at α %g", method, alpha)
         store = probe_store(tcfg)
