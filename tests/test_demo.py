@@ -112,6 +112,21 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
     env = json.loads((out / "env.json").read_text())  # which machine made these numbers
     assert env["cpu"] and env["packages"]["torch"]
 
+    # The run folder moved elsewhere (the old place gone, so nothing can read it) holds the same runs: nothing is
+    # trained, retrieved or probed again, and the report is the same.
+    moved = tmp_path / "moved" / "demo"
+    moved.parent.mkdir()
+    out.rename(moved)
+    there = {moved / p.relative_to(out): t for p, t in finals.items()}
+    assert main(["demo", "--out", str(moved), *args[3:]]) == 0
+    assert {p: p.stat().st_mtime_ns for p in there} == there
+    assert (moved / "report" / "results.md").read_text() == table
+    again = [json.loads(line) for line in (moved / "records.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in again} <= {"arf:tiny-clip"} | {str(p) for p in moved.rglob("final")} | {
+        str(p) for p in moved.rglob("alpha_*")}
+    assert sorted((r["method"], r["alpha"], r["set"], r["metric"], r["value"], r["config_hash"]) for r in again) == \
+        sorted((r["method"], r["alpha"], r["set"], r["metric"], r["value"], r["config_hash"]) for r in records)
+
 
 def test_demo_rejects_unknown_method(tmp_path: Path) -> None:
     from arf.demo import load_demo_config

@@ -330,11 +330,17 @@ def _index_and_retrieve(icfg: Any, rcfg: Any, bundle: Any, data_root: Path) -> A
 
     out = Path(rcfg.out)
     stamp = out / "demo_inputs.json"
-    key = config_hash(to_dict(icfg), to_dict(rcfg), read_json(Path(rcfg.emb) / INFO_FILE),
-                      weights_fingerprint(bundle.model), sha256_file(data_root / "manifest.json"))
+    inputs = (read_json(Path(rcfg.emb) / INFO_FILE), weights_fingerprint(bundle.model),
+              sha256_file(data_root / "manifest.json"))
+    # The embedding and anchor folders are named by where they are, inside the run folder, and the embedding's
+    # content by its info file: without their paths, a run folder moved or copied elsewhere keeps its anchors.
+    # The key with the paths (stamps written before December 2026) is still accepted.
+    here = {"emb", "out"}
+    key = config_hash(*({k: v for k, v in to_dict(c).items() if k not in here} for c in (icfg, rcfg)), *inputs)
+    legacy = config_hash(to_dict(icfg), to_dict(rcfg), *inputs)
     if (out / ANCHORS_FILE).is_file() and stamp.is_file():
         done = read_json(stamp)
-        if done.get("key") == key:
+        if done.get("key") in (key, legacy):
             log.info("anchors up to date: %s", out / ANCHORS_FILE)
             return RetrieveResult(out / ANCHORS_FILE, done["n_anchors"], done["per_class"], done["n_excluded"])
     stamp.unlink(missing_ok=True)
