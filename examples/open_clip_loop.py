@@ -9,9 +9,11 @@ put ARF into another codebase:
     python examples/open_clip_loop.py --model ViT-B-16 --pretrained openai --train /data/imagenet/train \
         --anchors ~/.cache/arf/data/cc3m-emb/anchors/imagenet-text2image-k100 --steps 1000 --out runs/mine
 
-``--train`` is a folder of class folders (torchvision's ImageFolder); class names are the folder names with
-underscores as spaces. The finetuned weights go to ``<out>/open_clip_model.safetensors``; open_clip loads them back
-with ``open_clip.create_model_and_transforms(<model>, pretrained="<out>/open_clip_model.safetensors")``, and ARF's
+``--train`` is a folder of class folders (listed as torchvision's ImageFolder lists them); class names are the
+folder names with underscores as spaces. Unreadable images, task or anchor, are counted and skipped; the run stops
+with an error naming them when more than 5% of either are bad. The finetuned weights go to
+``<out>/open_clip_model.safetensors``; open_clip loads them back with
+``open_clip.create_model_and_transforms(<model>, pretrained="<out>/open_clip_model.safetensors")``, and ARF's
 evaluation as ``arf eval --model openclip:<model>@<out>/open_clip_model.safetensors --suite …`` (or ``arf wise``).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import open_clip
@@ -28,7 +31,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision.datasets import ImageFolder
 
-from arf.data.loader import skip_collate
+from arf.data.loader import ImageDataset, skip_collate
+from arf.images import BadInputCounter
 from arf.train.data import AnchorImages, read_anchors
 from arf.train.losses import ArfLoss
 
@@ -57,22 +61,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     model, preprocess_train, _ = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained)
     tokenizer = open_clip.get_tokenizer(args.model)
-    task = ImageFolder(args.train, transform=preprocess_train)
-    classnames = [c.replace("_", " ") for c in task.classes]
+    folder = ImageFolder(args.train)  # only lists the files; ImageDataset opens them, counting unreadable ones
+    classnames = [c.replace("_", " ") for c in folder.classes]
+    task = ImageDataset([p for p, _ in folder.samples], [y for _, y in folder.samples], transform=preprocess_train,
+                        counter=BadInputCounter(f"task images {args.train}"))
     anchors = read_anchors(args.anchors, args.anchor_root)
-    anchor_set = AnchorImages(anchors.paths, transform=preprocess_train)  # unreadable images counted and skipped
+    anchor_set = AnchorImages(anchors.paths, transform=preprocess_train,
+                              counter=BadInputCounter(f"anchor images {args.anchors}"))
     # Anchors are drawn independently of the task batch (with replacement: a pool smaller than the run is fine).
     anchor_loader = DataLoader(anchor_set, batch_size=args.anchor_batch_size, collate_fn=skip_collate,
                                sampler=RandomSampler(anchor_set, replacement=True, num_samples=1 << 62))
-    task_loader = DataLoader(task, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    task_loader = DataLoader(task, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                             collate_fn=skip_collate)
 
     loss_fn = ArfLoss(lambda_ret=args.lambda_ret)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     model.train()
-    batches = itertools.chain.from_iterable(itertools.repeat(task_loader))
     logged: dict[str, float] = {}
-    # range first: after the last step zip stops before drawing another batch; the two loaders never run out.
-    for step, (images, labels), (a_images, _, a_idx) in zip(range(args.steps), batches, anchor_loader, strict=False):
+    # range first: after the last step zip stops before drawing another batch; the two streams never run out.
+    for step, (images, labels, _), (a_images, _, a_idx) in zip(range(args.steps), _readable(task_loader),
+                                                                _readable(anchor_loader), strict=False):
         prompts = [args.template.format(classnames[y]) for y in labels.tolist()]
         a_texts = [anchors.texts[i] for i in a_idx.tolist()]
         # One forward for both image batches and one for all texts, as arf train does.
@@ -88,11 +96,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         opt.step()
         logged = {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(total.detach())}
         log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in logged.items()))
+    task.counter.check()
     anchor_set.counter.check()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
     return logged
+
+
+def _readable(loader: DataLoader) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The loader's batches, epoch after epoch, without the all-unreadable ones (``skip_collate`` gives None). A
+    stream of nothing but bad images does not spin: each skip checks the dataset's counter, which raises once more
+    than half of what it saw was bad (and ``counter.check()`` at the end holds the whole run to 5%)."""
+    for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
+        if batch is not None:
+            yield batch
 
 
 if __name__ == "__main__":
