@@ -126,6 +126,8 @@ def test_demo_runs_end_to_end_and_caches(tmp_path: Path, monkeypatch: pytest.Mon
         str(p) for p in moved.rglob("alpha_*")}
     assert sorted((r["method"], r["alpha"], r["set"], r["metric"], r["value"], r["config_hash"]) for r in again) == \
         sorted((r["method"], r["alpha"], r["set"], r["metric"], r["value"], r["config_hash"]) for r in records)
+    # The evaluations under the old paths are these very ones: dropped, not kept as stale beside the real ones.
+    assert [json.loads(line) for line in (moved / "records.jsonl.stale").read_text().splitlines()] == stale
 
 
 def test_demo_rejects_unknown_method(tmp_path: Path) -> None:

@@ -365,8 +365,17 @@ def _keep_only(records: Path, current: list[Any]) -> None:
     def line(r: Any) -> str:  # the JSONL form append_records writes
         return json.dumps(r.to_dict(), sort_keys=True)
 
+    def elsewhere(r: Any) -> str:  # the record but for its model path
+        return json.dumps({**r.to_dict(), "model": None}, sort_keys=True)
+
     keep = dict.fromkeys(line(r) for r in current)  # ordered, without repeats
-    stale = [r for r in read_records(records) if line(r) not in keep]
+    gone = [r for r in read_records(records) if line(r) not in keep]
+    # A record that differs from a current one only by its model path is that very evaluation made before the run
+    # folder was moved (the same config hash: weights, head and images): nothing to keep, not even as stale.
+    here = {elsewhere(r) for r in current}
+    stale = [r for r in gone if elsewhere(r) not in here]
+    if len(stale) < len(gone):
+        log.info("dropped %d records of this run's models at the run folder's former place", len(gone) - len(stale))
     if stale:
         append_records(records.with_name(records.name + ".stale"), stale)
         log.info("moved %d records of models, sets or alphas this run does not have to %s.stale", len(stale),
