@@ -6,7 +6,7 @@ from pathlib import Path
 
 from arf.train import TrainConfig
 from arf.train.cached import final_matches, resume_or_fresh, train_cached
-from arf.train.loop import train_hash
+from arf.train.run_hash import train_hash
 from train_fixtures import make_benchmark
 
 
@@ -78,7 +78,7 @@ def test_a_copied_run_folder_is_cached_there_too(tmp_path: Path) -> None:
 
 def test_a_run_recorded_under_the_legacy_hash_is_kept_and_resumed(tmp_path: Path) -> None:
     from arf.io import read_json, write_json
-    from arf.train.loop import train_hashes
+    from arf.train.run_hash import train_hashes
 
     cfg = _cfg(tmp_path)
     final = train_cached(cfg)

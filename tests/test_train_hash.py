@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from arf.train.config import TrainConfig
-from arf.train.loop import same_run, train_hash, train_hashes
+from arf.train.run_hash import same_run, train_hash, train_hashes
 
 
 def _cfg(tmp_path: Path, **kw: object) -> TrainConfig:

@@ -195,7 +195,7 @@ def test_a_probe_reads_the_shared_image_blocks_through_one_store(
     import arf.evaluate.wise
     import arf.train.cached
     import arf.wise_probe as wp
-    from arf.train.loop import train_hash
+    from arf.train.run_hash import train_hash
 
     trained = []
     monkeypatch.setattr(arf.evaluate.wise, "wise_sweep", lambda *a, **kw: [])

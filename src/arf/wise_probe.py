@@ -166,7 +166,7 @@ def probe_sweep(
     from arf.io import read_json, write_json
     from arf.models import create_model
     from arf.models.checkpoint import skip_init_on_load
-    from arf.train.loop import same_run, train_hash
+    from arf.train.run_hash import same_run, train_hash
 
     alphas = cfg.validate()
     folder = Path(folder)
@@ -228,7 +228,7 @@ def train_probe(cfg: WiseProbeConfig, tcfg: Any, finetuned: str, alpha: float, m
     trained on the interpolated towers, written first to ``tcfg.model``."""
     from arf.evaluate.wise import wise_sweep
     from arf.train.cached import final_matches, train_cached
-    from arf.train.loop import train_hashes
+    from arf.train.run_hash import train_hashes
 
     wise_dir = Path(tcfg.model)
     final = tcfg.run_dir / "final"

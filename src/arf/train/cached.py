@@ -23,7 +23,8 @@ def train_cached(cfg: TrainConfig, *, keep_resume_points: bool = True) -> Path:
     ``keep_resume_points=False`` removes the run's ``checkpoints/`` once ``final/`` is there (also for a run found
     cached): they only serve to resume an unfinished run, and hold the optimizer state besides the weights — 330 MB
     a run for the offline base, 8 GB over ``arf demo --full``'s 24 runs."""
-    from arf.train.loop import train, train_hashes
+    from arf.train.loop import train
+    from arf.train.run_hash import train_hashes
 
     want = train_hashes(cfg)
     final = cfg.run_dir / "final"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arf.config import config_hash, save_config
+from arf.config import save_config
 from arf.errors import ArfError, ConfigError
 from arf.io import atomic_path, ensure_dir, read_json, write_json
 from arf.models.base import eval_mode
@@ -41,6 +41,7 @@ from arf.train.data import (
 from arf.train.losses import global_mean
 from arf.train.methods import METHODS, Method, Phase
 from arf.train.optim import build_optimizer, lr_at, set_lr
+from arf.train.run_hash import same_run, train_hash
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
         meta = ckpt.load(path, module, optimizer)
         if not same_run(meta.get("config_hash"), cfg):
             log.warning("resuming %s with a changed config (hash %s -> %s)", path, meta.get("config_hash"),
-                        _train_hash(cfg))
+                        train_hash(cfg))
         step = int(meta["step"])
         log.info("resumed from %s at step %d of %d", path, step, total)
     last_good = ckpt.list_checkpoints(run_dir)[-1] if ckpt.list_checkpoints(run_dir) else None
@@ -410,88 +411,12 @@ def _clamp_logit_scale(module: nn.Module) -> None:
             scale.clamp_(0, math.log(100))
 
 
-def train_hash(cfg: TrainConfig) -> str:
-    """Hash of what a run trains (recorded in ``final/arf.json`` as ``train.config_hash``), for caching runs."""
-    return _train_hash(cfg)
-
-
-def train_hashes(cfg: TrainConfig) -> tuple[str, str]:
-    """The hashes a checkpoint or ``final/`` of ``cfg``'s run may record: :func:`train_hash`, then the one runs
-    recorded before run folders became relocatable (December 2026; it held the captions / anchors paths and the
-    model path as given), so that runs finished before stay cached instead of retraining once."""
-    return _train_hash(cfg), _train_hash(cfg, legacy=True)
-
-
-def same_run(recorded: str | None, cfg: TrainConfig) -> bool:
-    """Whether a hash a run recorded (checkpoint, ``final/arf.json``) is ``cfg``'s: see :func:`train_hashes`."""
-    return recorded is not None and recorded in train_hashes(cfg)
-
-
-def _train_hash(cfg: TrainConfig, *, legacy: bool = False) -> str:
-    # The fields that change what is trained (logging and run folder do not), plus the *content* of the input
-    # files named by path: a caption or anchor file regenerated in place (another k, strategy or captioner) or a
-    # rebuilt `arf:mini-clip` is another run, which neither a cached final nor `--resume latest` may stand for.
-    skip = {"out_dir", "name", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress",
-            "num_workers", "device", "prefix_store", "feature_prefix_blocks"}
-    if not legacy:
-        # Their content is hashed (when read at all); their paths are not, nor the run folder's place in a model
-        # path inside it: a run folder moved or copied elsewhere (`arf demo` keeps captions, anchors and the
-        # wise-probe's interpolated models inside it) holds the same runs, not ones to train again.
-        skip |= {"captions", "anchors"}
-    fields = {k: v for k, v in vars(cfg).items() if k not in skip}
-    if not legacy:
-        fields["model"] = _model_key(cfg.model, cfg.out_dir)
-    return config_hash(fields, _input_digests(cfg))
-
-
-def _model_key(model: str, out_dir: str) -> str:
-    """``model`` as the hash sees it: a path inside the run's ``out_dir`` relative to it, anything else as given."""
-    try:
-        inside = Path(model).expanduser().resolve().relative_to(Path(out_dir).expanduser().resolve())
-    except (ValueError, OSError):
-        return model
-    return f"<out_dir>/{inside.as_posix()}"
-
-
-def _input_digests(cfg: TrainConfig) -> dict[str, str]:
-    from arf.train.config import anchor_parquet
-
-    out: dict[str, str] = {}
-    if cfg.lambda_cap > 0 and cfg.captions:
-        out["captions"] = _file_digest(Path(cfg.captions).expanduser())
-    if cfg.lambda_ret > 0 and cfg.anchors:
-        out["anchors"] = _file_digest(anchor_parquet(cfg.anchors))
-    if cfg.model == "arf:mini-clip":
-        from arf.models.mini_clip import built_base_dir
-
-        base = built_base_dir()
-        out["model"] = base.name if base is not None else "unbuilt"  # the folder name is the build's hash
-    return out
-
-
-def _file_digest(path: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime): the hash is taken at every checkpoint."""
-    from arf.io import sha256_file
-
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"  # the config checks name the missing file before any training starts
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(path)
-    return _DIGESTS[key]
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
 def _checkpoint(run_dir: Path, step: int, module: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                 info: D.DistInfo) -> Path | None:
     path = None
     if info.is_master:
         path = ckpt.save(run_dir, step, module, optimizer,
-                         {"method": cfg.method, "config_hash": _train_hash(cfg)}, cfg.keep_checkpoints)
+                         {"method": cfg.method, "config_hash": train_hash(cfg)}, cfg.keep_checkpoints)
         log.info("checkpoint %s", path)
     D.barrier()
     return path
@@ -510,7 +435,7 @@ def write_final(method: Method, run_dir: Path, cfg: TrainConfig, step: int) -> P
     arf.models.save_checkpoint(method.bundle, tmp)
     meta_path = tmp / "arf.json"
     meta = read_json(meta_path) if meta_path.is_file() else {}
-    meta["train"] = {"method": cfg.method, "steps": step, "config_hash": _train_hash(cfg), "seed": cfg.seed,
+    meta["train"] = {"method": cfg.method, "steps": step, "config_hash": train_hash(cfg), "seed": cfg.seed,
                      "train_set": method.ds.name, "suite": cfg.suite}
     head = method.module.head
     if head is not None:
