@@ -83,3 +83,13 @@ def test_runs_recorded_under_the_hash_before_relocation_are_still_the_same_run(t
     moved = _cfg(tmp_path, captions=str(tmp_path / "other" / "captions.parquet"))
     _write(tmp_path / "other" / "captions.parquet", b"captions v1", 1)
     assert train_hash(moved) == current and train_hashes(moved)[1] != legacy
+
+
+def test_a_model_id_is_not_a_path_whatever_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "runs"
+    (out / "sub").mkdir(parents=True)
+    cfg = _cfg(tmp_path, lambda_cap=0.0, lambda_ret=0.0, out_dir=str(out))
+    monkeypatch.chdir(out / "sub")  # "arf:tiny-clip" resolved as a path would lie inside out_dir here
+    inside = train_hash(cfg)
+    monkeypatch.chdir(tmp_path)
+    assert train_hash(cfg) == inside

@@ -126,6 +126,7 @@ def _inputs_keys(cfg: WiseProbeConfig, finetuned: str, folder: Path) -> tuple[st
     import os
 
     from arf.io import sha256_file
+    from arf.models.factory import is_registered_id
 
     parts: dict[str, Any] = {"zeroshot": cfg.zeroshot}
     meta = Path(finetuned) / "arf.json"
@@ -136,8 +137,8 @@ def _inputs_keys(cfg: WiseProbeConfig, finetuned: str, folder: Path) -> tuple[st
         base = built_base_dir()
         parts["base"] = base.name if base is not None else "unbuilt"
     where = Path(finetuned).resolve()
-    return (config_hash({**parts, "finetuned": os.path.relpath(where, folder.resolve())}),
-            config_hash({**parts, "finetuned": str(where)}))
+    here = finetuned if is_registered_id(finetuned) else os.path.relpath(where, folder.resolve())
+    return config_hash({**parts, "finetuned": here}), config_hash({**parts, "finetuned": str(where)})
 
 
 def _probe_config(cfg: WiseProbeConfig, model: str, folder: Path, alpha: float, seed: int | None,

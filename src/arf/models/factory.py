@@ -77,6 +77,13 @@ def list_models() -> list[str]:
     ]
 
 
+def is_registered_id(model_id: str) -> bool:
+    """Whether ``model_id`` names a model through a registered prefix (``arf:``, ``openclip:``, ``hf:``, …) rather
+    than a checkpoint path; a path wins over a prefix only when no prefix is registered under that name."""
+    prefix, sep, _ = model_id.partition(":")
+    return bool(sep) and prefix in PREFIXES
+
+
 def _looks_like_path(model_id: str) -> bool:
     return model_id.startswith(("/", ".", "~")) or Path(model_id).expanduser().exists()
 
@@ -85,9 +92,8 @@ def create_model(model_id: str, device: str | torch.device = "cpu") -> ClipBundl
     """Build the model named by ``model_id`` (see module doc); unknown ids raise :class:`ConfigError`."""
     if not isinstance(model_id, str) or not model_id:
         raise ConfigError(f"unknown model {model_id!r}; choose from {', '.join(list_models())}")
-    prefix, sep, rest = model_id.partition(":")
-    # "C:\\..." style or plain paths: a path wins over a prefix only when no prefix is registered under that name.
-    if sep and prefix in PREFIXES:
+    if is_registered_id(model_id):  # not "C:\\..." style or plain paths
+        prefix, _, rest = model_id.partition(":")
         bundle = PREFIXES.get(prefix)(rest, device)
     elif _looks_like_path(model_id):
         from arf.models.checkpoint import load_checkpoint

@@ -49,6 +49,12 @@ def _train_hash(cfg: TrainConfig, *, legacy: bool = False) -> str:
 
 def _model_key(model: str, out_dir: str) -> str:
     """``model`` as the hash sees it: a path inside the run's ``out_dir`` relative to it, anything else as given."""
+    from arf.models.factory import is_registered_id
+
+    if is_registered_id(model):
+        # An id (arf:…, openclip:…), not a path: resolved against the working directory it could fall "inside" an
+        # out_dir of "." and hash differently from another directory.
+        return model
     try:
         inside = Path(model).expanduser().resolve().relative_to(Path(out_dir).expanduser().resolve())
     except (ValueError, OSError):
