@@ -257,3 +257,25 @@ def test_probe_and_final_evaluations_read_the_shared_prefix_from_the_store_with_
     stored = recipe(tmp_path / "stored", "auto")
     assert stored == plain and whole == []
     assert list((tmp_path / "stored" / "prefix-store").rglob("*.safetensors"))
+
+
+def test_shared_image_blocks_loads_the_pair_once_per_state_of_their_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import arf.models
+    import arf.wise_probe as wp
+    from arf.models import save_checkpoint
+    from train_fixtures import effnet_bundle
+
+    theta0 = save_checkpoint(effnet_bundle(), tmp_path / "theta0")  # a trunk that splits into blocks
+    theta1 = save_checkpoint(effnet_bundle(), tmp_path / "theta1")  # the same draw: every block shared
+    loads = []
+    real = arf.models.create_model
+    monkeypatch.setattr(arf.models, "create_model", lambda m, **kw: loads.append(m) or real(m, **kw))
+    n = wp._shared_image_blocks(str(theta0), str(theta1))
+    assert n > 0 and len(loads) == 2
+    assert wp._shared_image_blocks(str(theta0), str(theta1)) == n and len(loads) == 2  # the next probe: no load
+    weights = theta1 / "open_clip_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
+    assert wp._shared_image_blocks(str(theta0), str(theta1)) == n and len(loads) == 4
