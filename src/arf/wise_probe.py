@@ -132,10 +132,7 @@ def _inputs_keys(cfg: WiseProbeConfig, finetuned: str, folder: Path) -> tuple[st
     meta = Path(finetuned) / "arf.json"
     parts["finetuned_meta"] = sha256_file(meta) if meta.is_file() else "none"
     if cfg.zeroshot == "arf:mini-clip":
-        from arf.models.mini_clip import built_base_dir
-
-        base = built_base_dir()
-        parts["base"] = base.name if base is not None else "unbuilt"
+        parts["base"] = _weights_stamp(cfg.zeroshot)
     where = Path(finetuned).resolve()
     here = finetuned if is_registered_id(finetuned) else os.path.relpath(where, folder.resolve())
     return config_hash({**parts, "finetuned": here}), config_hash({**parts, "finetuned": str(where)})
@@ -328,10 +325,9 @@ def _weights_stamp(model: str) -> str:
     for ``arf:mini-clip``, else the size and mtime of every file of a checkpoint folder (or file); "" for other
     ids (hub weights do not change under a name)."""
     if model == "arf:mini-clip":
-        from arf.models.mini_clip import built_base_dir
+        from arf.models.mini_clip import built_base_stamp
 
-        base = built_base_dir()
-        return base.name if base is not None else "unbuilt"
+        return built_base_stamp()
     path = Path(model).expanduser()
     files = sorted(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())

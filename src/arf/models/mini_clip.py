@@ -101,6 +101,13 @@ def built_base_dir() -> Path | None:
     return path if (path / "arf.json").is_file() else None
 
 
+def built_base_stamp() -> str:
+    """What tells one build of ``arf:mini-clip`` from another in cache keys: its folder name (the build's hash), or
+    "unbuilt" before ``arf base build``."""
+    base = built_base_dir()
+    return base.name if base is not None else "unbuilt"
+
+
 def load_mini_clip(device: str | torch.device = "cpu") -> ClipBundle:
     from arf.models.checkpoint import load_checkpoint
 

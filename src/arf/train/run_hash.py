@@ -71,10 +71,9 @@ def _input_digests(cfg: TrainConfig) -> dict[str, str]:
     if cfg.lambda_ret > 0 and cfg.anchors:
         out["anchors"] = _file_digest(anchor_parquet(cfg.anchors))
     if cfg.model == "arf:mini-clip":
-        from arf.models.mini_clip import built_base_dir
+        from arf.models.mini_clip import built_base_stamp
 
-        base = built_base_dir()
-        out["model"] = base.name if base is not None else "unbuilt"  # the folder name is the build's hash
+        out["model"] = built_base_stamp()
     return out
 
 
