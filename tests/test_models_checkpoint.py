@@ -122,6 +122,14 @@ def test_not_a_checkpoint_folder(tmp_path) -> None:
         create_model(str(tmp_path / "empty"))
 
 
+def test_bare_weights_file_names_the_file_and_the_openclip_route(tmp_path) -> None:
+    b = create_model("arf:tiny-clip")
+    lone = tmp_path / "epoch_3.pt"
+    torch.save(b.model.state_dict(), lone)
+    with pytest.raises(InputFileError, match=r"epoch_3\.pt: a weights file loads only with .* openclip:<name>@"):
+        create_model(str(lone))
+
+
 def _all_tensors(model) -> dict[str, torch.Tensor]:
     # Parameters and every buffer, the non-persistent ones (not in the state dict, never loaded) included.
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}

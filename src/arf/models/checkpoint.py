@@ -188,6 +188,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cli
     if not path.exists():
         raise InputFileError(f"checkpoint not found: {path}")
     folder, weights = (path, None) if path.is_dir() else (path.parent, path)
+    if weights is not None and not is_checkpoint_dir(folder):
+        # A bare weights file (an open_clip training run's epoch_N.pt, say) does not say its architecture.
+        raise InputFileError(f"checkpoint {path}: a weights file loads only with the {ARF_JSON} or "
+                             f"{OPEN_CLIP_CONFIG} saved beside it, and {folder} has neither; for open_clip "
+                             f"weights name the architecture: openclip:<name>@{path}")
     meta = read_checkpoint_meta(folder)
     weights = weights or _find_weights(folder)
     info = meta.get("info", {})
