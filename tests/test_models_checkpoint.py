@@ -12,7 +12,7 @@ from PIL import Image
 
 from arf.errors import ArfError, InputFileError
 from arf.models import create_model, load_checkpoint, save_checkpoint
-from arf.models.checkpoint import skip_init_on_load
+from arf.models.checkpoint import check_loadable, skip_init_on_load
 from arf.models.openclip import build_open_clip_model
 
 
@@ -120,6 +120,18 @@ def test_not_a_checkpoint_folder(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputFileError, match="not a checkpoint folder"):
         create_model(str(tmp_path / "empty"))
+
+
+def test_training_run_folder_points_to_its_model(tmp_path) -> None:
+    run = tmp_path / "ft-s0"
+    (run / "checkpoints" / "step_00000010").mkdir(parents=True)
+    with pytest.raises(InputFileError, match=r"unfinished training run .*--resume latest"):
+        create_model(str(run))
+    save_checkpoint(create_model("arf:tiny-clip"), run / "final")
+    with pytest.raises(InputFileError, match=r"it is a training run, whose model is .*ft-s0/final"):
+        create_model(str(run))
+    with pytest.raises(InputFileError, match=r"whose model is .*ft-s0/final"):
+        check_loadable(run)
 
 
 def test_bare_weights_file_names_the_file_and_the_openclip_route(tmp_path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from arf.errors import ArfError, ConfigError, InputFileError
+from arf.errors import ConfigError, InputFileError
 from arf.io import atomic_path, read_json, write_json
 from arf.models.base import ClipBundle
 
@@ -146,7 +146,17 @@ def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
                                                       "preprocess_cfg": cfg.get("preprocess_cfg", {})}}
     except (ValueError, KeyError) as e:
         raise InputFileError(f"checkpoint {folder}: unreadable config ({e})") from e
-    raise InputFileError(f"not a checkpoint folder (no {ARF_JSON} or {OPEN_CLIP_CONFIG}): {folder}")
+    raise _not_a_checkpoint(folder)
+
+
+def _not_a_checkpoint(folder: Path) -> InputFileError:
+    msg = f"not a checkpoint folder (no {ARF_JSON} or {OPEN_CLIP_CONFIG}): {folder}"
+    # The commonest slip: `arf train`'s run folder given where its model is meant.
+    if is_checkpoint_dir(folder / "final"):
+        msg += f"; it is a training run, whose model is {folder / 'final'}"
+    elif (folder / "checkpoints").is_dir():
+        msg += "; it is an unfinished training run (no final/ yet: arf train --resume latest finishes it)"
+    return InputFileError(msg)
 
 
 _SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("arf_skip_init_on_load", default=False)
@@ -229,4 +239,4 @@ def check_loadable(path: str | Path) -> None:
     if not p.exists():
         raise InputFileError(f"checkpoint not found: {p}")
     if p.is_dir() and not is_checkpoint_dir(p):
-        raise ArfError(f"not a checkpoint folder (no {ARF_JSON} or {OPEN_CLIP_CONFIG}): {p}")
+        raise _not_a_checkpoint(p)
