@@ -112,8 +112,18 @@ def test_retrieval_selection_respects_margin_and_top_m(tmp_path: Path) -> None:
 def test_read_corpus_refuses_a_labelled_set(tmp_path: Path) -> None:
     p = tmp_path / "test_set.parquet"
     pq.write_table(pa.table({"path": ["a.png"], "label": [0], "classname": ["dog"]}), p)
-    with pytest.raises(InputFileError, match="'text' or 'caption'"):
+    with pytest.raises(InputFileError, match="needs a text column \\(text or caption or title\\)"):
         read_corpus(p)
+
+
+def test_read_corpus_takes_open_clips_title_column_and_names_a_malformed_file(tmp_path: Path) -> None:
+    p = tmp_path / "train.tsv"
+    p.write_text("filepath\ttitle\na.png\ta red  square\nb.png\tA red square\nc.png\t001\n")
+    assert read_corpus(p) == ["a red square", "001"]  # case-folded repeat dropped; "001" kept as text
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,source\na,b,c\n")  # three cells under a two-column header
+    with pytest.raises(InputFileError, match=r"manifest .*bad\.csv: cannot read"):
+        read_corpus(bad)
 
 
 def test_file_captioner_lists_missing_images(tmp_path: Path) -> None:

@@ -125,6 +125,12 @@ def test_resolve_folder_and_manifest(tmp_path: Path) -> None:
     assert m.root == root and m.classnames == ["blue", "red"] and m.abs_path(m.paths[0]).is_file()
     with pytest.raises(InputFileError, match="not found"):
         resolve_set(tmp_path / "missing")
+    # open_clip's tab-separated CSV names the column `filepath`; a malformed manifest names its file.
+    (root / "sets" / "oc.tsv").write_text("filepath\ttitle\nred/red_0.png\ta red one\n")
+    assert resolve_set(root / "sets" / "oc.tsv").paths == ["red/red_0.png"]
+    (root / "sets" / "bad.csv").write_text("path,label\nred/red_0.png,1,extra\n")
+    with pytest.raises(InputFileError, match=r"manifest .*bad\.csv: cannot read"):
+        resolve_set(root / "sets" / "bad.csv")
 
 
 def test_tiny_bundle_towers_are_unit_norm() -> None:

@@ -131,8 +131,32 @@ def test_read_pairs_csv_and_parquet_with_caption_column(tmp_path):
     with pytest.raises(ManifestError, match=r"esc\.csv row 1"):
         read_pairs(tmp_path / "esc.csv")
     (tmp_path / "nocol.csv").write_text("path,label\nimg/a.png,1\n")
-    with pytest.raises(ManifestError, match="needs 'path' and 'text' or 'caption'"):
+    with pytest.raises(ManifestError, match=r"needs a path column \('path' or 'filepath'\) and a text column "
+                                            r"\('text' or 'caption' or 'title'\)"):
         read_pairs(tmp_path / "nocol.csv")
+
+
+def test_read_pairs_takes_open_clips_csv_columns(tmp_path):
+    # open_clip's training CSV: tab-separated, --csv-img-key filepath, --csv-caption-key title.
+    png(tmp_path / "img" / "a.png")
+    png(tmp_path / "img" / "b.png")
+    (tmp_path / "train.tsv").write_text("filepath\ttitle\tsource\nimg/a.png\ta red square\tx\nimg/b.png\t42\ty\n")
+    pairs = read_pairs(tmp_path / "train.tsv")
+    assert [p.id for p in pairs] == ["img/a.png", "img/b.png"]
+    assert [p.text for p in pairs] == ["a red square", "42"] and pairs[0].meta == {"source": "x"}
+
+
+def test_csv_cells_stay_text(tmp_path):
+    # Left to pyarrow's inference "007" would become the number 7: a class named "007" would read as index 7,
+    # and a file named "007" would not be found.
+    (tmp_path / "007").write_bytes(b"")  # manifests are read without opening the images
+    (tmp_path / "m.csv").write_text("path,label\n007,007\n")
+    classes = [f"{i:03d}" for i in range(10)][::-1]  # "007" is index 2
+    assert read_label_manifest(tmp_path / "m.csv", classes) == (["007"], [2])
+    # A column that looks numeric in its first rows and holds a word further down still reads.
+    (tmp_path / "p.csv").write_text("path,text\n007,1\n007b,2\n" + "x,3\n" * 2 + "y,word\n")
+    texts = [p.text for p in read_pairs(tmp_path / "p.csv", max_bad_fraction=1.0)]
+    assert texts == ["1", "2", "3", "word"]  # the repeated "x" row is counted and skipped
 
 
 def _shard(path: Path, samples: list[tuple[str, bytes | None, str, dict | None]]) -> Path:

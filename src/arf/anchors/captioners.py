@@ -129,22 +129,24 @@ def _hf(arg: str | None, cfg: CaptionConfig) -> Captioner:
 
 # --------------------------------------------------------------------------------------------------- retrieval
 def read_corpus(path: str | Path) -> list[str]:
-    """Distinct texts of a caption corpus: parquet/CSV (``text`` or ``caption`` column) or a .txt (one per line)."""
+    """Distinct texts of a caption corpus: parquet/CSV/TSV (``text``, ``caption`` or ``title`` column) or a .txt
+    (one per line)."""
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"caption corpus not found: {p}")
     if p.suffix == ".txt":
         texts = p.read_text().splitlines()
     else:
-        import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
+        from arf.data.formats import TEXT_COLUMNS, pick_column, read_table
 
-        table = pq.read_table(p) if p.suffix == ".parquet" else pacsv.read_csv(p)
-        col = next((c for c in ("text", "caption") if c in table.column_names), None)
+        rows = read_table(p)
+        col = pick_column(list(rows[0]) if rows else [], TEXT_COLUMNS)
         if col is None:
             # A labelled set (label/classname, no text) is refused here: test-set texts never become captions.
-            raise InputFileError(f"caption corpus {p}: needs a 'text' or 'caption' column; it has {table.column_names}")
-        texts = [str(t) for t in table.column(col).to_pylist() if t is not None]
+            have = sorted(rows[0]) if rows else "no rows"
+            raise InputFileError(f"caption corpus {p}: needs a text column ({' or '.join(TEXT_COLUMNS)}); "
+                                 f"it has {have}")
+        texts = [str(r[col]) for r in rows if r[col] is not None]
     seen: set[str] = set()
     out = []
     for t in texts:

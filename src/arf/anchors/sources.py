@@ -4,8 +4,9 @@ Specs accepted everywhere in the anchor stages (``--images``, ``--exclude``):
 
 - ``suite:<suite>/<set>``: a set of an ``arf.data`` suite (e.g. ``suite:offline/train``), its data read from the
   suite's default location, or ``suite:<suite>/<set>@<data root>`` from another one (see :func:`suite_spec`);
-- a ``.parquet`` / ``.csv`` manifest with a ``path`` column (relative to ``root``; by default the manifest's folder
-  or the nearest ancestor holding the files, as in the offline benchmark) and optional ``label``/``classname``;
+- a ``.parquet`` / ``.csv`` / ``.tsv`` manifest with a ``path`` (or open_clip's ``filepath``) column (relative to
+  ``root``; by default the manifest's folder or the nearest ancestor holding the files, as in the offline
+  benchmark) and optional ``label``/``classname``;
 - an image folder (recursively; in ImageFolder layout ``<class>/<image>`` the sub-folders are the classes).
 """
 
@@ -66,23 +67,26 @@ def _find_root(manifest: Path, first: str) -> Path:
 
 
 def _from_manifest(path: Path, root: str | Path | None) -> ImageSet:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+    from arf.data.formats import PATH_COLUMNS, pick_column, read_table
 
-    table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
-    cols = table.column_names
-    if "path" not in cols:
-        raise InputFileError(f"{path}: needs a 'path' column; it has {', '.join(cols)}")
-    rels = [str(p) for p in table.column("path").to_pylist()]
-    if not rels:
+    rows = read_table(path)  # malformed files fail naming the manifest, not with pyarrow's traceback
+    if not rows:
         raise InputFileError(f"{path}: holds no images")
+    cols = list(rows[0])
+    path_col = pick_column(cols, PATH_COLUMNS)
+    if path_col is None:
+        raise InputFileError(f"{path}: needs a path column ({' or '.join(PATH_COLUMNS)}); it has {', '.join(cols)}")
+    rels = [str(r[path_col]) for r in rows]
     base = Path(root) if root else _find_root(path, rels[0])
     classnames = labels = None
     if "label" in cols and "classname" in cols:
-        labels = [int(x) for x in table.column("label").to_pylist()]
-        names: dict[int, str] = dict(zip(labels, table.column("classname").to_pylist(), strict=True))
-        classnames = [str(names.get(i, f"class_{i}")) for i in range(max(labels) + 1)]
-    sha = [str(s) for s in table.column("sha256").to_pylist()] if "sha256" in cols else None
+        try:
+            labels = [int(r["label"]) for r in rows]
+        except (TypeError, ValueError) as e:
+            raise InputFileError(f"{path}: column 'label' must hold class indices ({e})") from None
+        names: dict[int, str] = {lab: str(r["classname"]) for lab, r in zip(labels, rows, strict=True)}
+        classnames = [names.get(i, f"class_{i}") for i in range(max(labels) + 1)]
+    sha = [str(r["sha256"]) for r in rows] if "sha256" in cols else None
     return ImageSet(name=path.stem, root=base, paths=rels, classnames=classnames, labels=labels, sha256=sha)
 
 
@@ -116,11 +120,11 @@ def resolve_set(spec: Any, root: str | Path | None = None) -> ImageSet:
     p = Path(s).expanduser()
     if p.is_dir():
         return _from_folder(p)
-    if p.is_file() and p.suffix in (".parquet", ".csv"):
+    if p.is_file() and p.suffix.lower() in (".parquet", ".csv", ".tsv"):
         return _from_manifest(p, root)
     if not p.exists():
         raise InputFileError(f"image set not found: {p}")
-    raise InputFileError(f"{p}: expected an image folder, a .parquet/.csv manifest or suite:<suite>/<set>")
+    raise InputFileError(f"{p}: expected an image folder, a .parquet/.csv/.tsv manifest or suite:<suite>/<set>")
 
 
 def suite_siblings(spec: str, root: str | Path | None = None) -> list[ImageSet]:

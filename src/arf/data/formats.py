@@ -247,11 +247,17 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
 
             table = pq.read_table(path)
         elif suffix in (".csv", ".tsv"):
+            import pyarrow as pa
             import pyarrow.csv as pacsv
 
             opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-            # Everything as strings: a label column "001" must not become 1.
-            conv = pacsv.ConvertOptions(strings_can_be_null=False)
+            # Cells stay text: left to inference, a path or label "001" would become the number 1 (and a column
+            # of numbers with one word further down would fail). Columns inferred as binary (invalid UTF-8 in
+            # the first block) stay binary, so those rows are counted and skipped rather than failing the file.
+            with pacsv.open_csv(path, parse_options=opts) as reader:
+                inferred = reader.schema
+            types = {f.name: pa.string() for f in inferred if not pa.types.is_binary(f.type)}
+            conv = pacsv.ConvertOptions(strings_can_be_null=False, column_types=types)
             table = pacsv.read_csv(path, parse_options=opts, convert_options=conv)
         else:
             raise InputFileError(f"manifest {path}: unsupported format {suffix!r}; use .csv, .tsv or .parquet")
@@ -368,7 +374,19 @@ class Pair:
         return self.image if self.image is not None else str(self.path)
 
 
-TEXT_COLUMNS = ("text", "caption")
+# Accepted names, first found wins: ours, then open_clip's CSV defaults (--csv-img-key filepath,
+# --csv-caption-key title), so a training CSV made for open_clip works as a pool or corpus as it is.
+PATH_COLUMNS = ("path", "filepath")
+TEXT_COLUMNS = ("text", "caption", "title")
+
+
+def pick_column(columns: Sequence[str], accepted: Sequence[str]) -> str | None:
+    """The first of ``accepted`` among ``columns`` (``None`` if none is)."""
+    return next((c for c in accepted if c in columns), None)
+
+
+def _names(accepted: Sequence[str]) -> str:
+    return " or ".join(repr(c) for c in accepted)
 
 
 def _pairs_from_table(manifest: Path, root: Path | None, max_bad_fraction: float = MAX_BAD_ROWS) -> list[Pair]:
@@ -376,16 +394,17 @@ def _pairs_from_table(manifest: Path, root: Path | None, max_bad_fraction: float
     root = root if root is not None else manifest.parent
     if not rows:
         return []
-    cols = set(rows[0])
-    text_col = next((c for c in TEXT_COLUMNS if c in cols), None)
-    if "path" not in cols or text_col is None:
-        raise ManifestError(f"manifest {manifest}: needs 'path' and 'text' or 'caption' columns, has {sorted(cols)}")
+    cols = list(rows[0])
+    path_col, text_col = pick_column(cols, PATH_COLUMNS), pick_column(cols, TEXT_COLUMNS)
+    if path_col is None or text_col is None:
+        raise ManifestError(f"manifest {manifest}: needs a path column ({_names(PATH_COLUMNS)}) and a text column "
+                            f"({_names(TEXT_COLUMNS)}), has {sorted(cols)}")
     counter = _row_counter(manifest, len(rows), max_bad_fraction)
     out = []
     ids: set[str] = set()
     root_r = root.resolve()
     for i, row in enumerate(rows, start=1):
-        rel, text = _cell_text(row["path"]), _cell_text(row[text_col])
+        rel, text = _cell_text(row[path_col]), _cell_text(row[text_col])
         if rel is None or text is None:
             counter.skip(f"row {i}", "not UTF-8 text")
             continue
@@ -394,7 +413,7 @@ def _pairs_from_table(manifest: Path, root: Path | None, max_bad_fraction: float
             counter.skip(f"row {i}", f"empty {'path' if not rel.strip() else text_col}")
             continue
         full = safe_join(root, rel, f"manifest {manifest} row {i}")
-        meta = {k: v for k, v in row.items() if k not in ("path", text_col)}
+        meta = {k: v for k, v in row.items() if k not in (path_col, text_col)}
         raw_id = _cell_text(row.get("id"))
         pid = raw_id if raw_id else full.relative_to(root_r).as_posix()
         if pid in ids:  # ids key resumable outputs (embedding shards, captions): a repeat would collide
@@ -461,7 +480,10 @@ def read_pairs(
     root: str | Path | None = None,
     max_bad_fraction: float = MAX_BAD_ROWS,
 ) -> list[Pair]:
-    """Image–text pairs from a parquet/CSV manifest (``path,text`` or ``path,caption``) or webdataset shards.
+    """Image–text pairs from a parquet/CSV/TSV manifest or webdataset shards.
+
+    A manifest needs a path column (``path``, or open_clip's ``filepath``) and a text column (``text``,
+    ``caption`` or open_clip's ``title``).
 
     ``source`` may be a manifest file, a ``.tar`` shard, a folder of shards, or a list of shards. Paths in a
     manifest are relative to ``root`` (default: the manifest's folder) and may not escape it. Pairs with
