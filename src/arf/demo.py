@@ -32,6 +32,7 @@ from arf.data.offline import BuildConfig
 from arf.errors import ConfigError
 from arf.models.align import BaseBuildConfig
 from arf.paths import CONFIG_DIR
+from arf.peak_memory import Peak, PeakMeter, format_bytes
 from arf.provenance import environment
 
 log = logging.getLogger(__name__)
@@ -135,9 +136,10 @@ SETUP_STAGES = ("data", "base")
 
 @dataclass
 class StageTimer:
-    """Wall time per stage, printed at the end and saved in the run folder."""
+    """Wall time and peak memory per stage, printed at the end and saved in the run folder."""
 
     times: dict[str, float] = field(default_factory=dict)
+    peaks: dict[str, Peak] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Total, set-up and protocol time. Set-up (``SETUP_STAGES``) runs once per machine: rendering the benchmark
@@ -151,10 +153,41 @@ class StageTimer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         log.info("── stage %s", name)
+        meter = PeakMeter()
+        meter.start()
         t0 = time.perf_counter()
         yield
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
-        log.info("── stage %s done in %.1f s", name, self.times[name])
+        peak = meter.stop()
+        self.peaks[name] = _larger(self.peaks.get(name), peak)
+        log.info("── stage %s done in %.1f s, peak RSS %s", name, self.times[name], format_bytes(peak.rss_bytes))
+
+    def memory(self) -> dict[str, dict[str, Any]]:
+        """Per stage: peak RSS and CUDA memory in MB, and whether the RSS peak is the process's since start-up."""
+        mb = 1024**2
+        return {k: {"rss_mb": None if p.rss_bytes is None else round(p.rss_bytes / mb),
+                    "cuda_mb": None if p.cuda_bytes is None else round(p.cuda_bytes / mb),
+                    "since_start": p.since_start} for k, p in self.peaks.items()}
+
+    def memory_summary(self) -> str:
+        parts = []
+        for k, p in self.peaks.items():
+            cuda = f" (CUDA {format_bytes(p.cuda_bytes)})" if p.cuda_bytes is not None else ""
+            parts.append(f"{k} {format_bytes(p.rss_bytes)}{cuda}")
+        note = " (each since start-up: this OS cannot reset the peak)" if any(
+            p.since_start for p in self.peaks.values()) else ""
+        return ", ".join(parts) + note
+
+
+def _top(x: int | None, y: int | None) -> int | None:
+    return None if x is None and y is None else max(x or 0, y or 0)
+
+
+def _larger(a: Peak | None, b: Peak) -> Peak:
+    """The peaks of a stage entered twice: the larger of each."""
+    if a is None:
+        return b
+    return Peak(_top(a.rss_bytes, b.rss_bytes), _top(a.cuda_bytes, b.cuda_bytes), a.since_start or b.since_start)
 
 
 def _set_spec(name: str, data_root: Path) -> str:
@@ -265,11 +298,13 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
         report = build_report(current, out / "report")
 
     write_json(out / "timings.json", timer.times)
+    write_json(out / "peak_memory.json", timer.memory())
     # Numbers differ between CPU models (docs/BENCHMARKS.md, run Q): say which machine these are.
     env = environment()
     write_json(out / "env.json", env)
     log.info("stage times: %s", ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
     print(f"\ndemo finished in {timer.summary()}; report: {report.markdown_path.parent}")
+    print(f"peak memory per stage: {timer.memory_summary()} ({out / 'peak_memory.json'})")
     print(f"machine: {env['accelerator'] or env['cpu']}, {env['torch_threads']} torch threads, "
           f"torch {env['packages'].get('torch', '?')} ({out / 'env.json'})")
     print(report.markdown_path.read_text())
