@@ -32,7 +32,7 @@ from arf.data.offline import BuildConfig
 from arf.errors import ConfigError
 from arf.models.align import BaseBuildConfig
 from arf.paths import CONFIG_DIR
-from arf.peak_memory import Peak, PeakMeter, format_bytes
+from arf.peak_memory import Peak, PeakMeter, format_bytes, lifetime_peak_rss
 from arf.provenance import environment
 
 log = logging.getLogger(__name__)
@@ -156,38 +156,39 @@ class StageTimer:
         meter = PeakMeter()
         meter.start()
         t0 = time.perf_counter()
-        yield
+        try:
+            yield
+        finally:
+            peak = meter.stop()  # also when the stage fails: no sampling thread left behind
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
-        peak = meter.stop()
         self.peaks[name] = _larger(self.peaks.get(name), peak)
-        log.info("── stage %s done in %.1f s, peak RSS %s", name, self.times[name], format_bytes(peak.rss_bytes))
+        log.info("── stage %s done in %.1f s, peak RSS %s%s", name, self.times[name], "≥ " if peak.sampled else "",
+                 format_bytes(peak.rss_bytes))
 
     def memory(self) -> dict[str, dict[str, Any]]:
-        """Per stage: peak RSS and CUDA memory in MB, and whether the RSS peak is the process's since start-up."""
+        """Per stage: peak RSS and CUDA memory in MB; ``rss_sampled`` when the stage stayed below an earlier peak
+        and its RSS is the maximum of samples taken every 20 ms (a lower bound; see :mod:`arf.peak_memory`)."""
         mb = 1024**2
         return {k: {"rss_mb": None if p.rss_bytes is None else round(p.rss_bytes / mb),
-                    "cuda_mb": None if p.cuda_bytes is None else round(p.cuda_bytes / mb),
-                    "since_start": p.since_start} for k, p in self.peaks.items()}
+                    "rss_sampled": p.sampled,
+                    "cuda_mb": None if p.cuda_bytes is None else round(p.cuda_bytes / mb)}
+                for k, p in self.peaks.items()}
 
     def memory_summary(self) -> str:
         parts = []
         for k, p in self.peaks.items():
-            cuda = f" (CUDA {format_bytes(p.cuda_bytes)})" if p.cuda_bytes is not None else ""
-            parts.append(f"{k} {format_bytes(p.rss_bytes)}{cuda}")
-        note = " (each since start-up: this OS cannot reset the peak)" if any(
-            p.since_start for p in self.peaks.values()) else ""
-        return ", ".join(parts) + note
-
-
-def _top(x: int | None, y: int | None) -> int | None:
-    return None if x is None and y is None else max(x or 0, y or 0)
+            cuda = f", CUDA {format_bytes(p.cuda_bytes)}" if p.cuda_bytes is not None else ""
+            parts.append(f"{k} {'≥ ' if p.sampled else ''}{format_bytes(p.rss_bytes)}{cuda}")
+        return ", ".join(parts)
 
 
 def _larger(a: Peak | None, b: Peak) -> Peak:
-    """The peaks of a stage entered twice: the larger of each."""
+    """The peaks of a stage entered twice: the larger RSS (with its sampled flag) and the larger CUDA peak."""
     if a is None:
         return b
-    return Peak(_top(a.rss_bytes, b.rss_bytes), _top(a.cuda_bytes, b.cuda_bytes), a.since_start or b.since_start)
+    top = a if (b.rss_bytes or 0) <= (a.rss_bytes or 0) else b
+    cudas = [x for x in (a.cuda_bytes, b.cuda_bytes) if x is not None]
+    return Peak(top.rss_bytes, max(cudas) if cudas else None, top.sampled)
 
 
 def _set_spec(name: str, data_root: Path) -> str:
@@ -304,7 +305,8 @@ def run_demo(cfg: DemoConfig, *, on_stage: Callable[[str], None] | None = None) 
     write_json(out / "env.json", env)
     log.info("stage times: %s", ", ".join(f"{k} {v:.0f}s" for k, v in timer.times.items()))
     print(f"\ndemo finished in {timer.summary()}; report: {report.markdown_path.parent}")
-    print(f"peak memory per stage: {timer.memory_summary()} ({out / 'peak_memory.json'})")
+    print(f"peak memory per stage (RSS; ≥: sampled): {timer.memory_summary()}; the whole run "
+          f"{format_bytes(lifetime_peak_rss())} ({out / 'peak_memory.json'})")
     print(f"machine: {env['accelerator'] or env['cpu']}, {env['torch_threads']} torch threads, "
           f"torch {env['packages'].get('torch', '?')} ({out / 'env.json'})")
     print(report.markdown_path.read_text())

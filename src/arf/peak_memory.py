@@ -1,43 +1,44 @@
 """Peak memory of a stretch of work (a demo stage): this process's resident set and, when used, CUDA memory.
 
-Linux keeps the process's peak resident set (``VmHWM`` in ``/proc/self/status``) and lets the process reset it by
-writing ``5`` to ``/proc/self/clear_refs``; so each stage's peak is its own, not the largest since start-up (what
-``getrusage`` or ``/usr/bin/time`` report). Where the reset is refused (another OS, a locked-down ``/proc``) the
-peak is the process's since start-up and says so (``since_start``). Child processes (DataLoader workers) are not
-counted: the stages run in this process.
+The process's peak resident set (Linux's ``VmHWM``, ``getrusage``'s ``ru_maxrss``) only ever rises, so it gives a
+stage's own peak exactly when the stage sets a new one. For a stage that stays below an earlier stage's peak, a
+daemon thread samples the resident set (``/proc/self/statm``) every ``interval`` seconds while the stage runs; that
+maximum is a lower bound (a spike shorter than the interval can slip between samples) and is marked ``sampled``.
+The peak is never reset (Linux would allow it through ``/proc/self/clear_refs``), because that also lowers what
+``/usr/bin/time`` and ``getrusage`` report for the whole run. Without ``/proc`` (macOS) there is no sampling:
+a stage that sets no new peak has ``rss_bytes`` None. Child processes (DataLoader workers) are not counted.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATM = Path("/proc/self/statm")
 
 
 @dataclass
 class Peak:
     rss_bytes: int | None        # peak resident set of this process over the stretch (None: unknown here)
     cuda_bytes: int | None       # peak CUDA memory allocated by torch (None: CUDA not initialised)
-    since_start: bool            # the RSS peak could not be reset: it is the process's peak since start-up
+    sampled: bool                # below an earlier peak: the maximum of the samples, a lower bound
 
 
-def _vm_hwm(status: Path = _STATUS) -> int | None:
-    try:
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _lifetime_peak() -> int:
+def lifetime_peak_rss() -> int:
+    """This process's peak resident set since start-up, in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
+
+
+def current_rss(statm: Path = _STATM) -> int | None:
+    try:
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _cuda_ready() -> bool:
@@ -48,31 +49,47 @@ def _cuda_ready() -> bool:
 class PeakMeter:
     """``start()`` before the work, ``stop()`` after it: the peaks in between."""
 
-    def __init__(self, clear_refs: Path = _CLEAR_REFS, status: Path = _STATUS) -> None:
-        self._clear_refs, self._status = clear_refs, status
-        self._reset = False
+    def __init__(self, interval: float = 0.02, statm: Path = _STATM) -> None:
+        self.interval, self._statm = interval, statm
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sampled_max: int | None = None
+        self._lifetime0 = 0
+
+    def _sample(self) -> None:
+        while True:
+            rss = current_rss(self._statm)
+            if rss is not None and (self._sampled_max is None or rss > self._sampled_max):
+                self._sampled_max = rss
+            if self._stop.wait(self.interval):
+                return
 
     def start(self) -> None:
-        try:
-            self._clear_refs.write_text("5")
-            self._reset = _vm_hwm(self._status) is not None
-        except OSError:
-            self._reset = False
+        self._lifetime0 = lifetime_peak_rss()
+        self._sampled_max = None
+        self._stop.clear()
+        if current_rss(self._statm) is not None:
+            self._thread = threading.Thread(target=self._sample, name="arf-peak-rss", daemon=True)
+            self._thread.start()
         if _cuda_ready():
             import torch
 
             torch.cuda.reset_peak_memory_stats()
 
     def stop(self) -> Peak:
-        rss = _vm_hwm(self._status) if self._reset else None
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
         cuda = None
         if _cuda_ready():
             import torch
 
             cuda = int(torch.cuda.max_memory_allocated())
-        if rss is None:
-            return Peak(rss_bytes=_lifetime_peak(), cuda_bytes=cuda, since_start=True)
-        return Peak(rss_bytes=rss, cuda_bytes=cuda, since_start=False)
+        lifetime = lifetime_peak_rss()
+        if lifetime > self._lifetime0:  # this stretch set the process's peak: exact
+            return Peak(rss_bytes=lifetime, cuda_bytes=cuda, sampled=False)
+        return Peak(rss_bytes=self._sampled_max, cuda_bytes=cuda, sampled=self._sampled_max is not None)
 
 
 def format_bytes(n: int | None) -> str:
