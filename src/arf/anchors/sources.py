@@ -149,7 +149,8 @@ def parse_suite_spec(spec: str) -> tuple[str, str, Path | None]:
     """``suite:<suite>/<set>[@<data root>]`` → (suite, set, data root or None for the default location)."""
     # Suite and set names hold no "@", so the first one starts the root (which may itself contain "@").
     body, at, data_root = spec[len("suite:"):].partition("@")
-    suite_name, _, set_name = body.partition("/")
+    # The last "/" ends the suite: a suite file's path holds slashes of its own (suite:/data/pets.yaml/train).
+    suite_name, _, set_name = body.rpartition("/")
     if not suite_name or not set_name or (at and not data_root):
         raise ConfigError(f"images: {spec!r} must look like suite:<suite>/<set> or suite:<suite>/<set>@<data root>")
     return suite_name, set_name, Path(data_root).expanduser() if at else None

@@ -188,6 +188,17 @@ def safe_join(root: str | Path, rel: str, where: str) -> Path:
 # labelled data: class folders and manifests
 
 
+def class_folder_names(root: str | Path) -> list[str]:
+    """The class folders under ``root`` in label order: sorted, numerically when every name is digits."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputFileError(f"dataset folder {root} does not exist")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if found and all(f.isdigit() for f in found):
+        found.sort(key=int)  # "1".."102" (Flowers102, ImageNetV2): numeric order, not "1", "10", "100"
+    return found
+
+
 def read_class_folders(
     root: str | Path, classnames: Sequence[str] | None = None, folders: Sequence[str] | None = None
 ) -> tuple[list[str], list[int], list[str]]:
@@ -198,11 +209,7 @@ def read_class_folders(
     ``classnames`` is an error naming both counts.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise InputFileError(f"dataset folder {root} does not exist")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if found and all(f.isdigit() for f in found):
-        found.sort(key=int)  # "1".."102" (Flowers102, ImageNetV2): numeric order, not "1", "10", "100"
+    found = class_folder_names(root)
     if folders is None:
         folders = found
     else:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arf.data.assets import list_assets, load_classnames, load_json_asset, load_templates
-from arf.data.formats import ROLES, LabeledSet, Suite, read_class_folders, read_label_manifest
+from arf.data.formats import ROLES, LabeledSet, Suite, class_folder_names, read_class_folders, read_label_manifest
 from arf.errors import ConfigError, InputFileError
 from arf.io import read_json
 from arf.paths import data_dir
@@ -36,7 +36,15 @@ OFFLINE_VERSION = "v1"
 
 
 def get_suite(name: str, root: str | Path | None = None) -> Suite:
-    """The suite ``name`` (``unknown suite 'x'; choose from …`` otherwise), its data read from ``root``."""
+    """The suite ``name`` (``unknown suite 'x'; choose from …`` otherwise), its data read from ``root``; a path
+    ending in ``.yaml`` / ``.yml`` is a suite file of your own sets (:mod:`arf.data.suite_file`)."""
+    from arf.data.suite_file import is_suite_file, load_suite_file
+
+    if is_suite_file(name):
+        return load_suite_file(name, root)
+    if name not in SUITES:
+        raise ConfigError(f"unknown suite {name!r}; choose from {', '.join(list_suites())}, "
+                          f"or a suite file of your own sets (.yaml)")
     builder = SUITES.get(name)
     return builder(Path(root).expanduser() if root is not None else None)
 
@@ -149,8 +157,8 @@ def folder_classnames(d: Path) -> list[str]:
     """Class names from folder names ("Black_footed_Albatross" -> "black footed albatross")."""
     if not d.is_dir():
         raise InputFileError(f"dataset folder {d} does not exist (pass --data-root / root=)")
-    names = sorted(x.name for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))
-    return [n.replace("_", " ").strip().lower() for n in names]
+    # The order read_class_folders gives the labels (numeric for digit names: "2" before "10").
+    return [n.replace("_", " ").strip().lower() for n in class_folder_names(d)]
 
 
 def _match_lemma(name: str, lemmas: list[str]) -> int | None:

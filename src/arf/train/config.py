@@ -26,7 +26,8 @@ class TrainConfig:
     model: str = "arf:mini-clip"
     # Finetuning data: the set ``train_set`` of the suite ``suite`` (read from ``data_root``, default $ARF_DATA).
     # ``suite: folder`` reads class folders at ``data_root`` (e.g. ImageNet train) with the class names,
-    # templates and folder order given below (asset names such as ``imagenet``, or JSON files).
+    # templates and folder order given below (asset names such as ``imagenet``, or JSON files); a ``.yaml`` suite
+    # file names your own sets (arf.data.suite_file), ``train_set`` one of them.
     suite: str = "offline"
     train_set: str = "train"
     data_root: str | None = None

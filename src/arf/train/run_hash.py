@@ -70,6 +70,11 @@ def _input_digests(cfg: TrainConfig) -> dict[str, str]:
         out["captions"] = _file_digest(Path(cfg.captions).expanduser())
     if cfg.lambda_ret > 0 and cfg.anchors:
         out["anchors"] = _file_digest(anchor_parquet(cfg.anchors))
+    from arf.data.suite_file import is_suite_file
+
+    if is_suite_file(cfg.suite) and Path(cfg.suite).expanduser().is_file():
+        # A suite file edited in place (another train folder, other class names) is another run.
+        out["suite"] = _file_digest(Path(cfg.suite).expanduser())
     if cfg.model == "arf:mini-clip":
         from arf.models.mini_clip import built_base_stamp
 
