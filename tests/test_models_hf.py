@@ -90,3 +90,26 @@ def test_hf_rejects_non_dual_encoder(tmp_path) -> None:
 def test_hf_missing_folder(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"model 'hf:.*nothing': cannot load"):
         create_model(f"hf:{tmp_path / 'nothing'}")
+
+
+def test_hf_grad_checkpointing_recomputes_with_the_same_gradients(tmp_path) -> None:
+    from arf.train.grad_checkpointing import enable_grad_checkpointing
+
+    _tiny("clip", tmp_path / "m")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    grads, calls = [], []
+    for on in (False, True):
+        b = create_model(f"hf:{tmp_path / 'm'}")
+        b.model.train()
+        if on:
+            enable_grad_checkpointing(b.model, b.model_id, freeze_bn_stats=True)
+        n = [0]
+        # transformers replays a layer's forward, so a sub-module's hooks see the recomputation.
+        b.model.hf.vision_model.encoder.layers[0].self_attn.register_forward_pre_hook(
+            lambda *_, n=n: n.__setitem__(0, n[0] + 1))
+        (b.model.encode_image(x).square().sum() + b.model.encode_text(b.tokenizer(["a dog"])).sum()).backward()
+        grads.append({k: p.grad for k, p in b.model.named_parameters() if p.grad is not None})
+        calls.append(n[0])
+    assert calls == [1, 2] and grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6, msg=k)

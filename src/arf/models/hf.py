@@ -42,6 +42,15 @@ class HFClip(nn.Module):
     def logit_scale(self) -> nn.Parameter:
         return self.hf.logit_scale
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's name for transformers' activation checkpointing (``arf train``'s ``grad_checkpointing``)."""
+        if not enable:
+            self.hf.gradient_checkpointing_disable()
+        elif hasattr(self.hf, "activation_checkpointing_enable"):  # transformers >= 5
+            self.hf.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         f = _features(self.hf.get_image_features(pixel_values=images))
         return F.normalize(f, dim=-1) if normalize else f

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from arf.models.prefix_store import PrefixActs, PrefixStore, store_key
@@ -63,8 +64,10 @@ class TrunkSplit:
 
     def suffix(self, h: torch.Tensor) -> torch.Tensor:
         t = self.trunk
+        # timm's own checkpointing lives in forward_features, which this path bypasses: apply it per block here.
+        recompute = getattr(t, "grad_checkpointing", False) and torch.is_grad_enabled()
         for blk in t.blocks[self.n:]:
-            h = blk(h)
+            h = torch.utils.checkpoint.checkpoint(blk, h, use_reentrant=False) if recompute else blk(h)
         h = t.forward_head(t.bn2(t.conv_head(h)))
         return self.visual.head(h)
 

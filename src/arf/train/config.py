@@ -40,6 +40,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Recompute the trained blocks' activations in the backward pass (open_clip's --grad-checkpointing): less
+    # memory for a larger micro-batch, about a third more compute; the same gradients.
+    grad_checkpointing: bool = False
 
     # Length: ``epochs`` over the finetuning set, or ``max_steps`` optimizer steps when set (it wins).
     epochs: float = 1.0

@@ -262,6 +262,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, bundle: Any | None, ds: Any | Non
         anchors = read_anchors(cfg.anchors, cfg.anchor_root or ds.root)
         check_sizes(cfg, len(anchors), info.world_size)
     bundle.model.to(device)
+    if cfg.grad_checkpointing:
+        from arf.train.grad_checkpointing import enable_grad_checkpointing
+
+        enable_grad_checkpointing(bundle.model, str(bundle.model_id), cfg.freeze_bn_stats)
 
     if info.is_master:
         save_config(cfg, run_dir / "config.yaml")

@@ -35,7 +35,7 @@ def _train_hash(cfg: TrainConfig, *, legacy: bool = False) -> str:
     # files named by path: a caption or anchor file regenerated in place (another k, strategy or captioner) or a
     # rebuilt `arf:mini-clip` is another run, which neither a cached final nor `--resume latest` may stand for.
     skip = {"out_dir", "name", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress",
-            "num_workers", "device", "prefix_store", "feature_prefix_blocks"}
+            "num_workers", "device", "prefix_store", "feature_prefix_blocks", "grad_checkpointing"}
     if not legacy:
         # Their content is hashed (when read at all); their paths are not, nor the run folder's place in a model
         # path inside it: a run folder moved or copied elsewhere (`arf demo` keeps captions, anchors and the
