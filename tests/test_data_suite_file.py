@@ -17,7 +17,7 @@ from arf.anchors.sources import resolve_set, suite_siblings, suite_spec
 from arf.cli import main
 from arf.data import get_suite
 from arf.data.suites import folder_classnames
-from arf.errors import ConfigError, InputFileError
+from arf.errors import ArfError, ConfigError, InputFileError
 from arf.evaluate import Head, read_records
 from arf.evaluate.runner import label_groups
 
@@ -119,13 +119,18 @@ def test_editing_the_suite_file_makes_another_training_run(task: Path, tmp_path:
     (lambda s: {**s, "templates": ["a photo"]}, r"sets\.train: set 'train': template 'a photo' has no"),
     (lambda s: {**s, "sets": {**s["sets"], "test": {"path": "nowhere", "role": "id"}}},
      r"sets\.test\.path: .*nowhere is neither a folder of class folders nor a \.csv"),
+    (lambda s: {**s, "sets": {**s["sets"], "test": {"path": "test", "role": "id", "classnames": ["dog"]}}},
+     r"pets\.yaml: sets\.test: .*2 class folders but 1 class names"),
+    (lambda s: {**s, "sets": {**s["sets"], "other": {"path": "other/labels.csv", "role": "zeroshot",
+                                                     "classnames": ["horse"]}}},
+     r"pets\.yaml: sets\.other: manifest .*labels\.csv row 1: unknown label 'zebra'"),
     (lambda s: {**s, "sets": {**s["sets"], "sketch": {"path": "other/img", "role": "shift"}}},
      r"sets\.sketch\.classnames: a shift set's classes must be the id set's \(test\) or a subset of them; 'zebra'"),
 ])
 def test_each_mistake_is_one_error_naming_the_file_and_field(task: Path, edit, message: str) -> None:
     spec = yaml.safe_load(task.read_text())
     task.write_text(yaml.safe_dump(edit(spec), sort_keys=False))
-    with pytest.raises((ConfigError, InputFileError), match=message):
+    with pytest.raises(ArfError, match=message):
         get_suite(str(task))
 
 

@@ -32,7 +32,7 @@ import yaml
 
 from arf.data.assets import list_assets, load_classnames, load_templates
 from arf.data.formats import ROLES, LabeledSet, Suite, read_class_folders, read_label_manifest
-from arf.errors import ConfigError, InputFileError
+from arf.errors import ArfError, ConfigError, InputFileError
 
 SUITE_FILE_SUFFIXES = (".yaml", ".yml")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -98,10 +98,16 @@ def _read_set(name: str, entry: Any, suite: dict[str, Any], base: Path, data_roo
         if classnames is None:
             raise _fail(where, f"{field}.classnames", "a manifest needs the class names (a list, a file or an asset), "
                                                       "here or at the top of the file")
-        paths, labels = read_label_manifest(path, classnames)
+        try:
+            paths, labels = read_label_manifest(path, classnames)
+        except ArfError as e:  # an unknown label, an escaping path, an unreadable file: say which set it was
+            raise type(e)(f"suite file {where}: {field}: {e}") from None
         root = path.parent
     elif path.is_dir():
-        paths, labels, folders = read_class_folders(path, classnames)
+        try:
+            paths, labels, folders = read_class_folders(path, classnames)
+        except ArfError as e:  # e.g. 3 class folders but 2 class names
+            raise type(e)(f"suite file {where}: {field}: {e}") from None
         if classnames is None:
             # The folder names are the class names ("Black_footed_Albatross" -> "black footed albatross").
             classnames = [f.replace("_", " ").strip().lower() for f in folders]
