@@ -30,8 +30,8 @@ def _step_fn(model_id: str, batch: int, device: str):
 
     bundle = arf.models.create_model(model_id, device=device)
     model = bundle.model.train()
-    size = int(bundle.info.get("preprocess_cfg", {}).get("size", 224))
-    size = size[0] if isinstance(size, (list, tuple)) else size
+    size = bundle.info.get("preprocess_cfg", {}).get("size", 224)
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=g).to(device)
     tokens = bundle.tokenizer([f"a photo of a class {i}" for i in range(batch)]).to(device)
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in ("off", "on"):
         cmd = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--repeats",
                str(args.repeats), "--device", args.device, "--threads", str(args.threads), "--_child", mode]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            raise SystemExit(f"the {mode} run failed:\n{res.stderr[-2000:]}")
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     out["memory_ratio_on_off"] = out["on"]["peak_over_model_mb"] / out["off"]["peak_over_model_mb"]
     out["time_ratio_on_off"] = out["on"]["step_s"] / out["off"]["step_s"]
