@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ def _step_fn(model_id: str, batch: int, device: str):
 
 
 def child(model_id: str, batch: int, repeats: int, checkpointing: bool, device: str, threads: int) -> dict:
+    from arf.peak_memory import current_rss, lifetime_peak_rss
+
     torch.set_num_threads(threads)
     model, step = _step_fn(model_id, batch, device)
     if checkpointing:
@@ -59,8 +60,6 @@ def child(model_id: str, batch: int, repeats: int, checkpointing: bool, device: 
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        from arf.peak_memory import current_rss
-
         base = current_rss() or 0
     step()  # warm-up
     times = []
@@ -68,7 +67,7 @@ def child(model_id: str, batch: int, repeats: int, checkpointing: bool, device: 
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else lifetime_peak_rss()
     return {"step_s": statistics.median(times), "peak_over_model_mb": (peak - base) / 2**20}
 
 

@@ -199,6 +199,11 @@ def class_folder_names(root: str | Path) -> list[str]:
     return found
 
 
+def folder_classname(folder: str) -> str:
+    """A class name from its folder's name ("Black_footed_Albatross" -> "black footed albatross")."""
+    return folder.replace("_", " ").strip().lower()
+
+
 def read_class_folders(
     root: str | Path, classnames: Sequence[str] | None = None, folders: Sequence[str] | None = None
 ) -> tuple[list[str], list[int], list[str]]:

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from arf.data.assets import list_assets, load_classnames, load_templates
-from arf.data.formats import ROLES, LabeledSet, Suite, read_class_folders, read_label_manifest
+from arf.data.formats import ROLES, LabeledSet, Suite, folder_classname, read_class_folders, read_label_manifest
 from arf.errors import ArfError, ConfigError, InputFileError
 
 SUITE_FILE_SUFFIXES = (".yaml", ".yml")
@@ -109,8 +109,7 @@ def _read_set(name: str, entry: Any, suite: dict[str, Any], base: Path, data_roo
         except ArfError as e:  # e.g. 3 class folders but 2 class names
             raise type(e)(f"suite file {where}: {field}: {e}") from None
         if classnames is None:
-            # The folder names are the class names ("Black_footed_Albatross" -> "black footed albatross").
-            classnames = [f.replace("_", " ").strip().lower() for f in folders]
+            classnames = [folder_classname(f) for f in folders]  # as the built-in suites name them
         root = path
     else:
         raise InputFileError(f"suite file {where}: {field}.path: {path} is neither a folder of class folders nor a "

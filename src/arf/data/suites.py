@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arf.data.assets import list_assets, load_classnames, load_json_asset, load_templates
-from arf.data.formats import ROLES, LabeledSet, Suite, class_folder_names, read_class_folders, read_label_manifest
+from arf.data.formats import (
+    ROLES,
+    LabeledSet,
+    Suite,
+    class_folder_names,
+    folder_classname,
+    read_class_folders,
+    read_label_manifest,
+)
 from arf.errors import ConfigError, InputFileError
 from arf.io import read_json
 from arf.paths import data_dir
@@ -158,7 +166,7 @@ def folder_classnames(d: Path) -> list[str]:
     if not d.is_dir():
         raise InputFileError(f"dataset folder {d} does not exist (pass --data-root / root=)")
     # The order read_class_folders gives the labels (numeric for digit names: "2" before "10").
-    return [n.replace("_", " ").strip().lower() for n in class_folder_names(d)]
+    return [folder_classname(n) for n in class_folder_names(d)]
 
 
 def _match_lemma(name: str, lemmas: list[str]) -> int | None:
